@@ -1,0 +1,58 @@
+"""`wm cache-latents`: encode every episode of a dataset once with a trained tokenizer.
+
+    wm cache-latents --data data/train --tokenizer runs/tokenizer/model
+
+Writes `latents.npy` (float16 [T, C, h, w], normalised) beside each episode's frames, so
+teacher training never re-encodes frames. Episodes already encoded with the same tokenizer
+(its hash is kept in `latents.json`) are skipped, so the command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from distill.data import LATENTS
+from worldmodel import checkpoint
+from worldmodel.episode import Episode, find_episodes
+from worldmodel.tokenizer import frames_to_tensor, load_tokenizer
+
+
+@torch.no_grad()
+def cache_latents(data: str, tokenizer: str, device: str = "cpu", batch: int = 256) -> int:
+    tok = load_tokenizer(tokenizer, device)
+    tok_hash = checkpoint.file_hash(f"{tokenizer}.safetensors")
+    episodes = [Episode(p) for p in find_episodes(data)]
+    done = 0
+    for ep in tqdm(episodes, desc="encode", unit="episode"):
+        stamp = ep.path / "latents.json"
+        if stamp.is_file() and json.loads(stamp.read_text()).get("tokenizer") == tok_hash:
+            continue
+        zs = []
+        for i in range(0, len(ep), batch):
+            x = frames_to_tensor(torch.from_numpy(np.array(ep.frames[i:i + batch]))).to(device)
+            zs.append(tok.encode(x).cpu().to(torch.float16).numpy())
+        tmp = ep.path / (LATENTS + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, np.concatenate(zs))
+        os.replace(tmp, ep.path / LATENTS)
+        stamp.write_text(json.dumps({"tokenizer": tok_hash, "frames": len(ep)}))
+        done += 1
+    return done
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint stem (runs/tokenizer/model)")
+    p.add_argument("--device", default="cpu")
+
+
+def main(args: argparse.Namespace) -> int:
+    n = cache_latents(args.data, args.tokenizer, args.device)
+    print(f"encoded {n} episode(s) in {args.data}")
+    return 0

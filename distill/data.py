@@ -1,0 +1,77 @@
+"""Streaming random clips from a dataset of episodes (see docs/data.md).
+
+Nothing is loaded whole: each DataLoader worker memory-maps the episodes it samples from
+and copies out only the clips it returns. The stream is infinite and seeded per worker
+(and per rank), so any number of workers gives different, reproducible clips.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from worldmodel.episode import Episode, EpisodeError, find_episodes
+
+LATENTS = "latents.npy"  # per-episode cache written by `wm cache-latents`
+
+
+def open_episodes(root: str | Path, min_length: int) -> list[Episode]:
+    """Every episode under root with at least min_length frames; a clear error if none."""
+    paths = find_episodes(root)
+    episodes = [e for e in map(Episode, paths) if len(e) >= min_length]
+    if not episodes:
+        raise EpisodeError(
+            f"no episode under {root} has {min_length} frames or more "
+            f"({len(paths)} episode(s) found); run `wm collect` first"
+        )
+    return episodes
+
+
+class ClipDataset(IterableDataset):
+    """Infinite stream of random clips: {"frames": uint8 (F, S, S, 3), "actions": (F, A)}.
+
+    With latents=True it yields {"latents": float32 (F, C, h, w), "actions": ...} from the
+    cache that `wm cache-latents` writes beside each episode's frames.
+    """
+
+    def __init__(self, root: str | Path, clip_len: int, seed: int = 0, latents: bool = False):
+        self.episodes = open_episodes(root, clip_len)
+        if latents:
+            missing = [e.path for e in self.episodes if not (e.path / LATENTS).is_file()]
+            if missing:
+                raise EpisodeError(
+                    f"{len(missing)} episode(s) have no cached latents (first: {missing[0]}); "
+                    "run `wm cache-latents` with the tokenizer first"
+                )
+        self.clip_len = clip_len
+        self.seed = seed
+        self.latents = latents
+        lengths = np.array([len(e) - clip_len + 1 for e in self.episodes], dtype=np.float64)
+        self.weights = lengths / lengths.sum()  # every start position equally likely
+        self.rank = 0
+
+    @property
+    def frames_total(self) -> int:
+        return sum(len(e) for e in self.episodes)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        rng = np.random.default_rng([self.seed, self.rank, worker])
+        while True:
+            yield self.sample(rng)
+
+    def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        ep = self.episodes[rng.choice(len(self.episodes), p=self.weights)]
+        start = int(rng.integers(0, len(ep) - self.clip_len + 1))
+        end = start + self.clip_len
+        out = {"actions": torch.from_numpy(np.array(ep.actions[start:end]))}
+        if self.latents:
+            lat = np.load(ep.path / LATENTS, mmap_mode="r")
+            out["latents"] = torch.from_numpy(np.array(lat[start:end], dtype=np.float32))
+        else:
+            out["frames"] = torch.from_numpy(np.array(ep.frames[start:end]))
+        return out

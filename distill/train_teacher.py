@@ -1,0 +1,150 @@
+"""Train the teacher: an action-conditioned flow-matching DiT on cached latent clips.
+
+    wm train teacher --data data/train --tokenizer runs/tokenizer/model --out runs/teacher --preset cpu
+    wm train teacher --data data/tiny --tokenizer runs/tok-tiny/model --out runs/t-tiny --preset tiny --steps 20
+
+Each clip of F frames starts with a random number of clean context frames (t = 0, or a
+little noise so the model tolerates its own imperfect frames as context); every other
+frame gets its own logit-normal noise level. The loss covers only the non-context frames.
+Actions are dropped for a whole clip with probability `action_dropout`, which trains the
+unconditional branch that classifier-free guidance on actions needs.
+
+`--mode causal` trains the same network with frame-causal attention: the many-step causal
+model whose ODE trajectories initialise the student without peeking at future frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from distill.common import (
+    EMA,
+    Run,
+    add_config_arguments,
+    config_from_args,
+    cosine_lr,
+    count_params,
+    loop,
+    print0,
+    setup_distributed,
+)
+from distill.data import ClipDataset
+from worldmodel import checkpoint, flow
+from worldmodel.model import PRESETS, DiT, get_config
+
+
+@dataclass
+class TeacherTrainConfig:
+    data: str = "data/train"
+    tokenizer: str = "runs/tokenizer/model"
+    out: str = "runs/teacher"
+    preset: str = "cpu"
+    mode: str = "bidirectional"
+    clip_len: int = 8
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup: int = 200
+    steps: int = 20000
+    max_minutes: float = 60.0
+    ema_decay: float = 0.999
+    shift: float = 3.0
+    action_dropout: float = 0.1
+    context_noise: float = 0.1
+    p_no_context: float = 0.1
+    log_every: int = 25
+    ckpt_every: int = 250
+    workers: int = 1
+    seed: int = 0
+    device: str = "auto"
+
+
+def make_batch(latents: torch.Tensor, actions: torch.Tensor, cfg: TeacherTrainConfig,
+               generator: torch.Generator | None = None):
+    """Noise a batch of clips. latents: (B, F, C, h, w); actions: (B, F, A).
+
+    Returns (x_t, t, action_mask, noise, weight): weight (B, F) is 0 on context frames.
+    """
+    B, F = latents.shape[:2]
+    dev = latents.device
+    g = dict(generator=generator)
+    n_ctx = torch.randint(1, F, (B,), **g)
+    n_ctx[torch.rand(B, **g) < cfg.p_no_context] = 0
+    is_ctx = torch.arange(F)[None, :] < n_ctx[:, None]  # (B, F)
+    t = flow.sample_time((B, F), cfg.shift, **g)
+    t = torch.where(is_ctx, torch.rand(B, F, **g) * cfg.context_noise, t)
+    noise = torch.randn(latents.shape, **g)
+    keep = torch.rand(B, **g) >= cfg.action_dropout
+    t, noise, is_ctx, keep = t.to(dev), noise.to(dev), is_ctx.to(dev), keep.to(dev)
+    x_t = flow.add_noise(latents, noise, t)
+    return x_t, t, keep, noise, (~is_ctx).float()
+
+
+def train(cfg: TeacherTrainConfig) -> DiT:
+    if cfg.mode not in ("bidirectional", "causal"):
+        raise ValueError(f"mode must be bidirectional or causal, got {cfg.mode!r}")
+    d = setup_distributed(cfg.device)
+    torch.manual_seed(cfg.seed + d.rank)
+    ds = ClipDataset(cfg.data, clip_len=cfg.clip_len, seed=cfg.seed, latents=True)
+    ds.rank = d.rank
+    C, h = ds.sample(np.random.default_rng(0))["latents"].shape[1:3]
+    model_cfg = get_config(cfg.preset, latent_channels=C, latent_size=h)
+    net = DiT(model_cfg).to(d.device)
+    print0(f"{cfg.mode} DiT {cfg.preset}: {count_params(net) / 1e6:.2f}M params, latents "
+           f"{C}x{h}x{h}, clips of {cfg.clip_len}, {len(ds.episodes)} episodes / "
+           f"{ds.frames_total} frames, {d.world} process(es) on {d.device}")
+    model = torch.nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
+    decay, no_decay = [], []
+    for p in net.parameters():
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.99))
+    ema = EMA(net, cfg.ema_decay)
+    kind = "teacher" if cfg.mode == "bidirectional" else "causal_teacher"
+    run = Run(cfg.out, kind, asdict(cfg), d)
+    start = run.resume(model, opt, ema)
+    meta = {"model": asdict(model_cfg), "mode": cfg.mode, "clip_len": cfg.clip_len,
+            "shift": cfg.shift, "tokenizer": cfg.tokenizer,
+            "tokenizer_hash": checkpoint.file_hash(f"{cfg.tokenizer}.safetensors")
+            if checkpoint.exists(cfg.tokenizer) else None}
+    loader = iter(DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers,
+                             persistent_workers=cfg.workers > 0))
+    step = start
+    for step in loop(start, cfg.steps, cfg.max_minutes, d, kind):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
+        batch = next(loader)
+        x0 = batch["latents"].to(d.device)
+        actions = batch["actions"].to(d.device)
+        x_t, t, keep, noise, weight = make_batch(x0, actions, cfg)
+        v = model(x_t, t, actions, mode=cfg.mode, action_mask=keep)
+        loss = flow.flow_loss(v.float(), x0, noise, weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.update(net, step)
+        if step % cfg.log_every == 0:
+            run.log({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
+                     "lr": opt.param_groups[0]["lr"]})
+        if (step + 1) % cfg.ckpt_every == 0:
+            run.save(model, opt, ema, step + 1, meta)
+    run.save(model, opt, ema, step + 1, meta)
+    print0(f"{kind} saved to {run.out}/model.safetensors")
+    return ema.model
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p, TeacherTrainConfig(), choices={
+        "preset": sorted(PRESETS), "mode": ["bidirectional", "causal"]})
+
+
+def main(args: argparse.Namespace) -> int:
+    train(config_from_args(TeacherTrainConfig, args))
+    return 0

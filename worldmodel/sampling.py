@@ -1,0 +1,107 @@
+"""Sampling latents from the DiT: the student's few-step causal sampler with a KV cache,
+and the teacher's many-step Euler sampler over a sliding clip.
+
+Both work in latent space: (B, F, C, h, w) latents and (B, F, A) action vectors, where
+actions[:, i] led into frame i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from worldmodel import flow
+from worldmodel.model import DiT, KVCache
+
+
+@dataclass
+class StudentConfig:
+    """How the student generates: these travel with the student checkpoint."""
+
+    steps: int = 4
+    shift: float = 3.0
+    window: int = 8  # frames attended to, the new one included
+    sinks: int = 0  # first frames of the session kept in the cache for good
+    chunk: int = 1  # frames generated together
+    context_length: int = 4  # context frames taken from reset()
+
+
+class StudentSampler:
+    """4-step causal generation with a rolling KV cache: memory and time per frame are
+    constant in session length."""
+
+    def __init__(self, model: DiT, cfg: StudentConfig, batch_size: int = 1):
+        self.model = model
+        self.cfg = cfg
+        self.timesteps = flow.student_timesteps(cfg.steps, cfg.shift).tolist()
+        p = next(model.parameters())
+        self.cache: KVCache = model.init_cache(batch_size, cfg.window, cfg.sinks, p.device, p.dtype)
+
+    @torch.no_grad()
+    def prefill(self, latents: torch.Tensor, actions: torch.Tensor) -> None:
+        """Write clean context frames (B, F, C, h, w) into a fresh cache."""
+        self.cache.reset()
+        for i in range(0, latents.shape[1], self.cfg.chunk):
+            x, a = latents[:, i:i + self.cfg.chunk], actions[:, i:i + self.cfg.chunk]
+            t = torch.zeros(x.shape[:2], device=x.device, dtype=x.dtype)
+            self.model.forward_step(x, t, a, self.cache, write=True)
+
+    @torch.no_grad()
+    def step(self, actions: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Generate the next chunk of frames for actions (B, chunk, A) -> clean latents."""
+        B, Fc = actions.shape[:2]
+        cfg = self.model.cfg
+        shape = (B, Fc, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+        p = next(self.model.parameters())
+        x = torch.randn(shape, generator=generator, device=p.device, dtype=p.dtype)
+        x0 = x
+        for k, t in enumerate(self.timesteps):
+            tt = torch.full((B, Fc), t, device=p.device, dtype=p.dtype)
+            v = self.model.forward_step(x, tt, actions, self.cache)
+            x0 = flow.predict_x0(x, v, tt)
+            if k + 1 < len(self.timesteps):
+                x = flow.renoise(x0, self.timesteps[k + 1], generator)
+        zero = torch.zeros((B, Fc), device=p.device, dtype=p.dtype)
+        self.model.forward_step(x0, zero, actions, self.cache, write=True)
+        return x0
+
+
+@torch.no_grad()
+def teacher_rollout(model: DiT, context: torch.Tensor, context_actions: torch.Tensor,
+                    actions: torch.Tensor, *, mode: str = "bidirectional", clip_len: int = 8,
+                    steps: int = 32, shift: float = 3.0, cfg_scale: float = 1.5,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Autoregressive many-step generation, one frame at a time.
+
+    Each new frame is denoised with `steps` Euler steps from pure noise while the last
+    clip_len - 1 frames (real context, then the frame's own predecessors) are held clean.
+    cfg_scale > 1 applies classifier-free guidance on actions (one doubled batch per step).
+    context (B, Fc, C, h, w); actions (B, N, A) for the N frames to generate -> (B, N, C, h, w).
+    """
+    frames, acts = context, context_actions
+    B, N = actions.shape[:2]
+    out = []
+    for i in range(N):
+        ctx, ctx_a = frames[:, -(clip_len - 1):], acts[:, -(clip_len - 1):]
+        a = torch.cat([ctx_a, actions[:, i:i + 1]], 1)  # (B, F, A)
+        F = a.shape[1]
+        noise = torch.randn((B, 1, *context.shape[2:]), generator=generator,
+                            device=context.device, dtype=context.dtype)
+
+        def velocity(x_new, t, ctx=ctx, a=a, F=F):
+            x = torch.cat([ctx, x_new], 1)
+            tt = torch.zeros(B, F, device=x.device, dtype=x.dtype)
+            tt[:, -1] = t
+            if cfg_scale == 1.0:
+                return model(x, tt, a, mode=mode)[:, -1:]
+            keep = torch.tensor([True] * B + [False] * B, device=x.device)
+            v = model(x.repeat(2, 1, 1, 1, 1), tt.repeat(2, 1), a.repeat(2, 1, 1), mode=mode,
+                      action_mask=keep)[:, -1:]
+            return flow.cfg_combine(v[:B], v[B:], cfg_scale)
+
+        new = flow.euler_sample(velocity, noise, steps, shift)
+        out.append(new)
+        frames = torch.cat([frames, new], 1)[:, -(clip_len - 1):]
+        acts = torch.cat([acts, actions[:, i:i + 1]], 1)[:, -(clip_len - 1):]
+    return torch.cat(out, 1)
