@@ -31,7 +31,6 @@ from distill.common import (
     setup_distributed,
 )
 from distill.data import ClipDataset, open_episodes
-from worldmodel import checkpoint
 from worldmodel.metrics import psnr, ssim
 from worldmodel.tokenizer import (
     TOKENIZER_PRESETS,

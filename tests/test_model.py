@@ -1,0 +1,380 @@
+"""The DiT's hard parts: masks, 3D RoPE, the KV cache against the uncached forward, attention
+backends against each other, and that it learns. Tiny configs only; the file runs in seconds."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from worldmodel.attention import attention, available_backends, frame_block_mask
+from worldmodel.model import (
+    DiT,
+    apply_rope,
+    frame_mask,
+    get_config,
+    patchify,
+    rope_angles,
+    unpatchify,
+)
+
+A = 8  # action dim
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tensors this small gain nothing from threads, and on a busy machine the threads' waiting
+    # costs far more than the work.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_model(dtype=torch.float64, seed=0, **overrides) -> DiT:
+    """A tiny DiT with every weight random. AdaLN-Zero starts each block as the identity and
+    the output as zero, which would make most comparisons below trivially true."""
+    torch.manual_seed(seed)
+    model = DiT(get_config("tiny", **overrides)).to(dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            elif p.dim() == 2:
+                p.normal_(0, p.shape[1] ** -0.5)
+            else:
+                p.normal_(0, 0.1)
+    return model.eval()
+
+
+def make_inputs(model: DiT, B: int, F: int, seed=1):
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    dtype = model.patch_embed.weight.dtype
+    shape = (B, F, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    t = torch.rand(B, F, generator=g, dtype=dtype)
+    a = torch.randn(B, F, A, generator=g, dtype=dtype)
+    return x, t, a
+
+
+def run_steps(model, cache, x, t, a, chunk=1):
+    """Feed frames through forward_step in chunks, writing each chunk; outputs (B, F, ...)."""
+    outs = []
+    for i in range(0, x.shape[1], chunk):
+        s = slice(i, i + chunk)
+        outs.append(model.forward_step(x[:, s], t[:, s], a[:, s], cache, write=True))
+    return torch.cat(outs, dim=1)
+
+
+def expected_mask(F, causal=True, window=None, sinks=0):
+    m = torch.zeros(F, F, dtype=torch.bool)
+    for i in range(F):
+        for j in range(F):
+            ok = j <= i or not causal
+            if window is not None:
+                ok = ok and (i - j < window or j < sinks)
+            m[i, j] = ok
+    return m
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Shapes, patches, RoPE
+
+
+@torch.no_grad()
+def test_forward_shapes_and_presets():
+    model = make_model()
+    x, t, a = make_inputs(model, B=2, F=3)
+    for mode in ("bidirectional", "causal"):
+        assert model(x, t, a, mode=mode).shape == x.shape
+    for name in ("tiny", "cpu", "gpu-128", "gpu-256"):
+        cfg = get_config(name)
+        assert cfg.latent_size % cfg.patch_size == 0
+    assert get_config("cpu", depth=3).depth == 3
+    with pytest.raises(KeyError):
+        get_config("nope")
+
+
+@torch.no_grad()
+def test_action_mask_replaces_action_by_null():
+    model = make_model()
+    x, t, a = make_inputs(model, B=2, F=3)
+    a2 = torch.randn_like(a)
+    drop = torch.zeros(2, dtype=torch.bool)
+    assert torch.equal(model(x, t, a, action_mask=drop), model(x, t, a2, action_mask=drop))
+    keep = torch.ones(2, 3, dtype=torch.bool)
+    assert torch.equal(model(x, t, a, action_mask=keep), model(x, t, a))
+    assert not torch.allclose(model(x, t, a), model(x, t, a2))
+
+
+def test_patchify_round_trip():
+    x = torch.randn(2, 3, 4, 8, 8)
+    tokens = patchify(x, 2)
+    assert tokens.shape == (2, 3, 16, 16)
+    # token 1 is the patch at row 0, column 1
+    assert torch.equal(tokens[0, 0, 1].view(2, 2, 4), x[0, 0, :, 0:2, 2:4].permute(1, 2, 0))
+    assert torch.equal(unpatchify(tokens, 2, 8, 8), x)
+
+
+def test_rope_is_a_rotation_and_relative():
+    torch.manual_seed(0)
+    Dh, grid, F = 32, 3, 4
+    q, k = torch.randn(2, 1, 2, F * grid * grid, Dh, dtype=torch.float64)
+    pos = torch.arange(F, dtype=torch.float64)
+
+    def rot(x, p):
+        angles = rope_angles(p, grid, Dh, 10000.0)
+        return apply_rope(x, angles.cos(), angles.sin())
+
+    assert torch.allclose(rot(q, pos).norm(dim=-1), q.norm(dim=-1), atol=1e-12)
+    dots = rot(q, pos) @ rot(k, pos).transpose(-1, -2)
+    for shift in (10_000.0, 1e6):
+        shifted = rot(q, pos + shift) @ rot(k, pos + shift).transpose(-1, -2)
+        assert torch.allclose(shifted, dots, atol=1e-9)
+    assert not torch.allclose(rot(q, pos + 1.0), rot(q, pos))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Masks
+
+
+def test_frame_masks():
+    F, N = 7, 3
+    fr = torch.arange(F)
+    causal = frame_mask(fr, fr, causal=True)
+    assert torch.equal(causal, torch.ones(F, F, dtype=torch.bool).tril())
+    assert torch.equal(frame_mask(fr, fr, causal=False), torch.ones(F, F, dtype=torch.bool))
+    for window, sinks in [(2, 0), (3, 0), (3, 1), (2, 2), (1, 3)]:
+        got = frame_mask(fr, fr, causal=True, window=window, sinks=sinks)
+        assert torch.equal(got, expected_mask(F, window=window, sinks=sinks)), (window, sinks)
+    # token level: block lower-triangular
+    model = make_model()
+    tokens = model.token_mask(causal)
+    N = model.cfg.tokens_per_frame
+    block = torch.kron(torch.ones(F, F).tril(), torch.ones(N, N)).bool()
+    assert torch.equal(tokens, block)
+    assert model.token_mask(frame_mask(fr, fr, causal=False)) is None
+
+
+@torch.no_grad()
+def test_causal_outputs_ignore_the_future():
+    model = make_model()
+    x, t, a = make_inputs(model, B=2, F=5)
+    j = 2
+    x2, a2 = x.clone(), a.clone()
+    x2[:, j] += 1.0
+    a2[:, j] += 1.0
+    for mode in ("causal", "bidirectional"):
+        before, after = model(x, t, a, mode=mode), model(x2, t, a2, mode=mode)
+        changed = [not torch.allclose(before[:, f], after[:, f], atol=1e-12) for f in range(5)]
+        if mode == "causal":
+            assert changed == [False, False, True, True, True]
+        else:
+            assert all(changed)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3-4. Cached step-by-step == uncached full forward
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_cached_steps_equal_causal_forward(chunk):
+    model = make_model()
+    F = 6
+    x, t, a = make_inputs(model, B=2, F=F)
+    full = model(x, t, a, mode="causal")
+    steps = run_steps(model, model.init_cache(2, window=F), x, t, a, chunk)
+    torch.testing.assert_close(steps, full, atol=1e-10, rtol=0)
+
+
+@torch.no_grad()
+def test_denoising_calls_do_not_touch_the_cache():
+    model = make_model()
+    x, t, a = make_inputs(model, B=1, F=4)
+    cache = model.init_cache(1, window=4)
+    run_steps(model, cache, x[:, :3], t[:, :3], a[:, :3])
+    kv = cache.kv.clone()
+    first = model.forward_step(x[:, 3:], t[:, 3:], a[:, 3:], cache)
+    for _ in range(3):
+        again = model.forward_step(x[:, 3:], t[:, 3:], a[:, 3:], cache)
+    assert torch.equal(first, again) and torch.equal(cache.kv, kv) and cache.frames == 3
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_ring_buffer_equals_banded_forward(chunk):
+    model = make_model()
+    W, F = 3, 9  # F > 2W: the ring wraps around several times
+    x, t, a = make_inputs(model, B=2, F=F)
+    full = model(x, t, a, mode="causal", window=W)
+    assert not torch.allclose(full, model(x, t, a, mode="causal"))
+    steps = run_steps(model, model.init_cache(2, window=W), x, t, a, chunk)
+    torch.testing.assert_close(steps, full, atol=1e-10, rtol=0)
+
+
+@torch.no_grad()
+def test_sinks():
+    model = make_model()
+    W, S, F = 3, 2, 30
+    x, t, a = make_inputs(model, B=1, F=F)
+    # Until the window slides past the sinks, cache positions are the absolute ones.
+    full = model(x[:, : S + W], t[:, : S + W], a[:, : S + W], mode="causal", window=W, sinks=S)
+    cache = model.init_cache(1, window=W, sinks=S)
+    steps = run_steps(model, cache, x[:, : S + W], t[:, : S + W], a[:, : S + W])
+    torch.testing.assert_close(steps, full, atol=1e-10, rtol=0)
+    # Later, the sink frames stay in the cache and keep positions 0..S-1, the window S.. .
+    sink_kv = cache.kv[:, :, :, :, : S * model.cfg.tokens_per_frame].clone()
+    out = run_steps(model, cache, x[:, S + W :], t[:, S + W :], a[:, S + W :])
+    assert torch.equal(cache.kv[:, :, :, :, : S * model.cfg.tokens_per_frame], sink_kv)
+    assert cache.slot_time[:S] == [0, 1] and sorted(cache.slot_time[S:]) == [F - 2, F - 1]
+    pos, visible = cache.layout(1)
+    assert pos.tolist() == [0, 1] + [2 + f - (F - 2) for f in cache.slot_time[S:]] + [4]
+    assert visible.all()
+    assert torch.isfinite(out).all()
+    no_sinks = run_steps(model, model.init_cache(1, window=W), x, t, a)
+    assert not torch.allclose(out[:, -1], no_sinks[:, -1])
+
+
+# ---------------------------------------------------------------------------------------------
+# 5-6. Long sessions: positions and memory
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_frame_offset_does_not_change_outputs(dtype, atol):
+    model = make_model(dtype)
+    x, t, a = make_inputs(model, B=2, F=4)
+    for kw in (dict(mode="causal"), dict(mode="bidirectional"), dict(mode="causal", window=2)):
+        ref = model(x, t, a, **kw)
+        torch.testing.assert_close(model(x, t, a, frame_offset=10_000, **kw), ref, atol=atol, rtol=0)
+        torch.testing.assert_close(model(x, t, a, frame_offset=10**6, **kw), ref, atol=atol, rtol=0)
+
+
+@torch.no_grad()
+def test_long_session_stays_exact_at_constant_memory():
+    """1,000+ cached steps, then the last frame against a fresh banded forward over the frames
+    that can still influence it (depth * (W - 1) back); the buffer is never reallocated."""
+    model = make_model(torch.float32)
+    W, steps = 3, 1_030
+    cone = model.cfg.depth * (W - 1) + 1
+    cache = model.init_cache(1, window=W)
+    ptr, nbytes = cache.kv.data_ptr(), cache.kv.nbytes
+    g = torch.Generator().manual_seed(3)
+    recent = []
+    start = time.perf_counter()
+    for i in range(steps):
+        x = torch.randn(1, 1, 4, 4, 4, generator=g)
+        t, a = torch.rand(1, 1, generator=g), torch.randn(1, 1, A, generator=g)
+        out = model.forward_step(x, t, a, cache, write=True)
+        recent = (recent + [(x, t, a)])[-cone:]
+        if i == 9:
+            assert (cache.kv.data_ptr(), cache.kv.nbytes) == (ptr, nbytes)
+    assert time.perf_counter() - start < 30
+    assert (cache.kv.data_ptr(), cache.kv.nbytes) == (ptr, nbytes)
+    assert cache.frames == steps and len(cache.slot_time) == W - 1
+    assert cache.layout(1)[0].tolist() == list(range(W))  # positions stay small
+    x, t, a = (torch.cat(z, dim=1) for z in zip(*recent, strict=True))
+    full = model(x, t, a, mode="causal", window=W, frame_offset=steps - cone)
+    torch.testing.assert_close(out[:, -1], full[:, -1], atol=1e-5, rtol=0)
+
+
+def test_cache_reset():
+    model = make_model()
+    x, t, a = make_inputs(model, B=1, F=3)
+    cache = model.init_cache(1, window=2, sinks=1)
+    with torch.no_grad():
+        first = run_steps(model, cache, x, t, a)
+        cache.reset()
+        assert cache.frames == 0 and cache.past(0) is None
+        torch.testing.assert_close(run_steps(model, cache, x, t, a), first, atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Attention backends
+
+
+def _masks(F=4, N=8):
+    fr = torch.arange(F)
+    expand = lambda m: m.repeat_interleave(N, 0).repeat_interleave(N, 1)  # noqa: E731
+    return {
+        "none": None,
+        "causal": expand(frame_mask(fr, fr, causal=True)),
+        "banded": expand(frame_mask(fr, fr, causal=True, window=2)),
+        "sinks": expand(frame_mask(fr, fr, causal=True, window=2, sinks=1)),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+def test_backends_equal_math(backend):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 2, 32, 16).unbind(0)
+    for name, mask in _masks().items():
+        ref = attention(q, k, v, mask=mask, backend="math")
+        out = attention(q, k, v, mask=mask, backend=backend)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5, msg=f"{backend}, {name} mask")
+    sdpa = attention(q, k, v, mask=_masks()["causal"], backend="sdpa")
+    torch.testing.assert_close(sdpa, attention(q, k, v, mask=_masks()["causal"]), atol=0, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_block_mask_in_the_model():
+    if "flex" not in available_backends("cpu"):
+        pytest.skip("flex_attention is not in this torch")
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 1, 2, 32, 16).unbind(0)
+    block = frame_block_mask(4, 8, causal=True, window=2, sinks=1)
+    ref = attention(q, k, v, mask=_masks()["sinks"], backend="math")
+    torch.testing.assert_close(attention(q, k, v, mask=block), ref, atol=1e-5, rtol=1e-5)
+    sdpa, flex = make_model(torch.float32), make_model(torch.float32, attn_backend="flex")
+    x, t, a = make_inputs(sdpa, B=1, F=3)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            flex(x, t, a, mode="causal", window=2), sdpa(x, t, a, mode="causal", window=2)
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_backends_equal_sdpa_on_gpu():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 256, 64, device="cuda").unbind(0)
+    for backend in available_backends("cuda"):
+        for name, mask in _masks(F=8, N=32).items():
+            if backend == "flash" and mask is not None:
+                continue  # flash-attn takes no block mask
+            mask = None if mask is None else mask.cuda()
+            ref = attention(q, k, v, mask=mask, backend="math")
+            for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
+                if backend == "flash" and dtype == torch.float32:
+                    continue
+                out = attention(*(z.to(dtype) for z in (q, k, v)), mask=mask, backend=backend)
+                torch.testing.assert_close(
+                    out.float(), ref, atol=tol, rtol=tol, msg=f"{backend} {dtype} {name}"
+                )
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. It learns
+
+
+def test_loss_falls():
+    model = make_model(torch.float32)
+    model.reset_parameters()  # the real initialisation, zero output included
+    model.train()
+    x, t, a = make_inputs(model, B=2, F=3)
+    target = torch.randn_like(x)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        out = model(x, t, a, mode="causal", action_mask=torch.tensor([True, False]))
+        loss = (out - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(p.grad is not None for p in model.parameters())
+    assert losses[-1] < 0.5 * losses[0], losses

@@ -1,0 +1,102 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from distill.sample import dream_teacher, load_teacher, parse_script, play_game
+from distill.train_teacher import TeacherTrainConfig, make_batch
+from distill.train_teacher import train as train_teacher
+from worldmodel import flow
+from worldmodel.actions import Action
+from worldmodel.model import DiT, get_config
+from worldmodel.tokenizer import load_tokenizer
+
+
+def test_tiny_teacher_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = DiT(get_config("tiny"))
+    x0 = torch.randn(4, 4, 4, 4, 4)
+    actions = torch.rand(4, 4, 8)
+    cfg = TeacherTrainConfig(action_dropout=0.0)
+    x_t, t, keep, noise, weight = make_batch(x0, actions, cfg, torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = flow.flow_loss(model(x_t, t, actions, mode="bidirectional", action_mask=keep),
+                              x0, noise, weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_make_batch_context_is_clean_and_unweighted():
+    x0 = torch.randn(64, 6, 4, 4, 4)
+    cfg = TeacherTrainConfig(context_noise=0.0, p_no_context=0.0)
+    x_t, t, keep, noise, weight = make_batch(x0, torch.zeros(64, 6, 8), cfg,
+                                             torch.Generator().manual_seed(1))
+    ctx = weight == 0
+    assert ctx[:, 0].all() and (~ctx[:, -1]).all()  # at least one context, one target frame
+    assert torch.equal(x_t[ctx], x0[ctx]) and (t[ctx] == 0).all()
+    # context is a prefix of each clip
+    assert (ctx.int().diff(dim=1) <= 0).all()
+
+
+def test_pipeline_checkpoints_round_trip(tiny_pipeline):
+    tok = load_tokenizer(tiny_pipeline.tokenizer)
+    model, meta = load_teacher(tiny_pipeline.teacher)
+    assert meta["kind"] == "teacher" and meta["mode"] == "bidirectional" and meta["step"] == 20
+    assert tok.cfg.frame_size == 32
+    log = [json.loads(line) for line in (tiny_pipeline.teacher.parent / "log.jsonl").open()]
+    assert log and all(np.isfinite(r["loss"]) for r in log)
+    assert (tiny_pipeline.teacher.parent / "loss.png").stat().st_size > 1000
+
+
+def test_teacher_resumes_where_it_stopped(tiny_pipeline, tmp_path):
+    base = dict(data=str(tiny_pipeline.data), tokenizer=str(tiny_pipeline.tokenizer),
+                out=str(tmp_path / "run"), preset="tiny", clip_len=4, batch_size=2, workers=0,
+                log_every=1)
+    train_teacher(TeacherTrainConfig(**base, steps=6, ckpt_every=3))
+    first = json.loads((tmp_path / "run" / "train.json").read_text())["step"]
+    train_teacher(TeacherTrainConfig(**base, steps=9, ckpt_every=3))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").open()]
+    assert first == 6 and steps == sorted(steps) and steps[-1] >= 6
+    assert json.loads((tmp_path / "run" / "train.json").read_text())["step"] == 9
+
+
+def test_sample_dreams_frames_against_the_game(tiny_pipeline):
+    tok = load_tokenizer(tiny_pipeline.tokenizer)
+    model, meta = load_teacher(tiny_pipeline.teacher)
+    frames, actions = play_game(1_000_000, 32, 6, parse_script("forward:3,yaw=1:3"))
+    assert actions[0] == Action() and actions[1] == Action(forward=True)
+    dream = dream_teacher(model, meta, tok, frames, actions, context=2, steps=4, cfg_scale=1.5)
+    assert dream.shape == (4, 32, 32, 3) and dream.dtype == np.uint8
+    again = dream_teacher(model, meta, tok, frames, actions, context=2, steps=4, cfg_scale=1.5)
+    assert np.array_equal(dream, again)  # seeded
+
+
+def test_script_parsing():
+    acts = parse_script("forward+sprint:2,yaw=-0.5:1,idle:1")
+    assert acts == [Action(forward=True, sprint=True)] * 2 + [Action(yaw=-0.5), Action()]
+    with pytest.raises(ValueError, match="unknown action"):
+        parse_script("fly:3")
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tiny_pipeline, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29533", "-m", "distill.train", "teacher",
+           "--data", str(tiny_pipeline.data), "--tokenizer", str(tiny_pipeline.tokenizer),
+           "--out", str(out), "--preset", "tiny", "--clip-len", "4", "--batch-size", "2",
+           "--steps", "4", "--workers", "0", "--ckpt-every", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((out / "train.json").read_text())["step"] == 4
+    assert "2 process(es)" in res.stdout + res.stderr

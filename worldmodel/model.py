@@ -1,0 +1,466 @@
+"""The world model's network: a diffusion transformer (DiT) over frame latents.
+
+One network plays both roles of the pipeline:
+
+- teacher: `forward(x, t, actions, mode="bidirectional")` over a whole clip;
+- student: `forward(..., mode="causal", window=W, sinks=S)` in training, and at play time
+  `forward_step(x, t, actions, cache)` one frame (or chunk) at a time with a `KVCache`.
+
+Inputs are latents x (B, F, C, h, w), a flow time t (B, F) and an action (B, F, A) per frame;
+the output is the velocity, shaped like x. The flow time and the action of a frame modulate
+that frame's tokens through AdaLN-Zero; attention uses 3D RoPE over (frame, row, col) and
+RMS-normalised queries and keys.
+
+Attention rule, at frame level: in causal mode frame i sees frame j <= i; with a window W only
+if i - j < W, unless j < S (the first S frames are sinks, visible to every later frame). A
+`KVCache` made by `init_cache(batch, window=W, sinks=S)` keeps the S sink frames and the last
+W - 1 frames, so `forward_step` sees exactly what `forward(mode="causal", window=W, sinks=S)`
+sees. Cached keys are stored before RoPE and get their frame positions by order at every step
+(sinks 0..S-1, then the window), which keeps positions bounded over a session of any length;
+without sinks that is a uniform shift of absolute positions, which RoPE cannot tell apart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from worldmodel.actions import ACTION_DIM
+from worldmodel.attention import attention, dense_block_mask, frame_block_mask
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    latent_channels: int = 8
+    latent_size: int = 8  # latent height = width
+    patch_size: int = 1
+    dim: int = 256
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    action_dim: int = ACTION_DIM
+    max_frames: int = 16  # the clip length the preset is meant to train on; nothing is sized by it
+    qk_norm: bool = True
+    rope_theta: float = 10000.0
+    freq_dim: int = 256  # width of the sinusoidal flow-time features
+    attn_backend: str = "auto"  # see worldmodel.attention
+
+    def __post_init__(self) -> None:
+        if self.latent_size % self.patch_size:
+            raise ValueError("latent_size must be a multiple of patch_size")
+        if self.dim % self.heads or (self.dim // self.heads) % 2 or self.dim // self.heads < 6:
+            raise ValueError("dim / heads must be an even head size of at least 6 (3D RoPE)")
+
+    @property
+    def grid(self) -> int:  # patches per side
+        return self.latent_size // self.patch_size
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid**2
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def patchify(x: Tensor, p: int) -> Tensor:
+    """(B, F, C, h, w) -> (B, F, N, p*p*C), tokens in row-major patch order."""
+    B, Fr, C, h, w = x.shape
+    x = x.reshape(B, Fr, C, h // p, p, w // p, p)
+    return x.permute(0, 1, 3, 5, 4, 6, 2).reshape(B, Fr, (h // p) * (w // p), p * p * C)
+
+
+def unpatchify(x: Tensor, p: int, h: int, w: int) -> Tensor:
+    """(B, F, N, p*p*C) -> (B, F, C, h, w); the inverse of `patchify`."""
+    B, Fr = x.shape[:2]
+    x = x.reshape(B, Fr, h // p, w // p, p, p, -1)
+    return x.permute(0, 1, 6, 2, 4, 3, 5).reshape(B, Fr, -1, h, w)
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal features of flow time t in [0, 1]: (...) -> (..., dim), float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = 1000.0 * t.float()[..., None] * freqs  # scaled so that small steps in t are visible
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def frame_mask(
+    q_time: Tensor, k_time: Tensor, *, causal: bool, window: int | None = None, sinks: int = 0
+) -> Tensor:
+    """Which frames see which: (Fq,), (Fk,) frame indices -> bool (Fq, Fk), True = visible."""
+    if window is not None and not causal:
+        raise ValueError("window and sinks apply to causal attention only")
+    d = q_time[:, None] - k_time[None, :]  # (Fq, Fk)
+    visible = d >= 0 if causal else torch.ones_like(d, dtype=torch.bool)
+    if window is not None:
+        visible = visible & ((d < window) | (k_time[None, :] < sinks))
+    return visible
+
+
+def rope_angles(frame_pos: Tensor, grid: int, head_dim: int, theta: float) -> Tensor:
+    """RoPE angles for every token of frames at `frame_pos` (F,): -> float64 (F*grid*grid, Dh/2).
+
+    The head is split as in Wan: Dh - 4*(Dh//6) dims rotate with the frame, 2*(Dh//6) with the
+    row and as many with the column. Angles are float64 so that positions of 1e6 stay exact.
+    """
+    dev = frame_pos.device
+    spatial = 2 * (head_dim // 6)
+
+    def freqs(n: int) -> Tensor:  # n dims -> n/2 inverse frequencies
+        return theta ** -(torch.arange(0, n, 2, dtype=torch.float64, device=dev) / n)
+
+    f = frame_pos.double()[:, None] * freqs(head_dim - 2 * spatial)  # (F, nf)
+    r = torch.arange(grid, dtype=torch.float64, device=dev)[:, None] * freqs(spatial)  # (g, ns)
+    Fr, g = f.shape[0], grid
+    return torch.cat(
+        [
+            f[:, None, None].expand(Fr, g, g, -1),
+            r[None, :, None].expand(Fr, g, g, -1),  # row
+            r[None, None, :].expand(Fr, g, g, -1),  # column
+        ],
+        dim=-1,
+    ).reshape(Fr * g * g, head_dim // 2)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate dims (k, k + Dh/2) of x (B, H, L, Dh) by the angles behind cos, sin (L, Dh/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.heads, self.backend = cfg.heads, cfg.attn_backend
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        norm = (lambda: nn.RMSNorm(cfg.head_dim, eps=1e-6)) if cfg.qk_norm else nn.Identity
+        self.q_norm, self.k_norm = norm(), norm()
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+
+    def forward(self, x, rope_q, rope_k, mask, past=None):
+        """x (B, L, D); rope_q for the L queries, rope_k for past + L keys; past (k, v) or None.
+        Returns the output (B, L, D) and this input's (k, v), unrotated, for a KV cache."""
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (B, H, L, Dh)
+        q, k = self.q_norm(q), self.k_norm(k)
+        new = (k, v)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # (B, H, Lpast + L, Dh)
+            v = torch.cat([past[1], v], dim=2)
+        q, k = apply_rope(q, *rope_q), apply_rope(k, *rope_k)
+        out = attention(q, k, v, mask=mask, backend=self.backend)  # (B, H, L, Dh)
+        return self.proj(out.transpose(1, 2).reshape(B, L, D)), new
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm attention + MLP, each modulated and gated per frame (AdaLN-Zero)."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        D = cfg.dim
+        self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        hidden = int(D * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(D, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, D)
+        )
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+
+    def forward(self, x, c, rope_q, rope_k, mask, past=None):
+        """x (B, F, N, D), c (B, F, D) -> x (B, F, N, D), (k, v) of this block's attention."""
+        B, Fr, N, D = x.shape
+        mods = self.ada(c)[:, :, None].chunk(6, dim=-1)  # 6 x (B, F, 1, D)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mods
+        h = modulate(self.norm1(x), shift1, scale1).reshape(B, Fr * N, D)
+        h, kv = self.attn(h, rope_q, rope_k, mask, past)  # (B, F*N, D)
+        x = x + gate1 * h.view(B, Fr, N, D)
+        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x, kv
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim))
+        self.linear = nn.Linear(cfg.dim, cfg.patch_size**2 * cfg.latent_channels)
+
+    def forward(self, x, c):
+        """x (B, F, N, D), c (B, F, D) -> (B, F, N, p*p*C)."""
+        shift, scale = self.ada(c)[:, :, None].chunk(2, dim=-1)  # (B, F, 1, D)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """Keys and values of past frames for `DiT.forward_step`, in constant memory.
+
+    Per layer, S sink slots keep the first S frames of the session for good, and a ring of
+    W - 1 slots keeps the most recent frames; with the frame being generated that is the
+    W-frame window of `forward(mode="causal", window=W, sinks=S)`. Keys are stored after the
+    QK-norm and before RoPE. One tensor holds everything and is never reallocated. Every frame
+    of a batch is at the same step. The cache carries no autograd history.
+    """
+
+    def __init__(
+        self,
+        depth,
+        batch_size,
+        heads,
+        head_dim,
+        tokens_per_frame,
+        window,
+        sinks,
+        device=None,
+        dtype=None,
+    ):
+        if window < 1 or sinks < 0:
+            raise ValueError(f"need window >= 1 and sinks >= 0, got {window}, {sinks}")
+        self.window, self.sinks, self.ring = window, sinks, window - 1
+        self.tokens_per_frame = N = tokens_per_frame
+        slots = sinks + self.ring
+        self.kv = torch.zeros(
+            depth, 2, batch_size, heads, slots * N, head_dim, device=device, dtype=dtype
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        self.frames = 0  # frames written since the start of the session
+        # Frame index held by each filled slot. Sinks fill first and the ring in order, so the
+        # filled slots are always a prefix of the buffer.
+        self.slot_time: list[int] = []
+
+    def past(self, layer: int) -> tuple[Tensor, Tensor] | None:
+        """(k, v) of the filled slots, each (B, H, slots*N, Dh), or None when empty."""
+        if not self.slot_time:
+            return None
+        n = len(self.slot_time) * self.tokens_per_frame
+        return self.kv[layer, 0, :, :, :n], self.kv[layer, 1, :, :, :n]
+
+    def layout(self, chunk: int) -> tuple[Tensor, Tensor]:
+        """RoPE frame positions (Fk,) float64 and visibility (chunk, Fk) for the keys of one
+        step: the filled slots, then `chunk` new frames. Sinks get positions 0..S-1, the ring
+        frames (by time) the next ones, and the new frames continue after them."""
+        n_sinks = min(len(self.slot_time), self.sinks)
+        first = min(self.slot_time[n_sinks:], default=self.frames)  # oldest frame in the ring
+        times = torch.tensor(self.slot_time + list(range(self.frames, self.frames + chunk)))
+        pos = torch.where(torch.arange(len(times)) < n_sinks, times, n_sinks + times - first)
+        visible = frame_mask(
+            times[-chunk:], times, causal=True, window=self.window, sinks=self.sinks
+        )
+        return pos.double(), visible
+
+    def _slot(self, time: int) -> int | None:
+        if time < self.sinks:
+            return time
+        return self.sinks + (time - self.sinks) % self.ring if self.ring else None
+
+    @torch.no_grad()
+    def append(self, new_kv: list[tuple[Tensor, Tensor]]) -> None:
+        """Write a chunk's (k, v) per layer, each (B, H, chunk*N, Dh), evicting the oldest."""
+        N = self.tokens_per_frame
+        chunk = new_kv[0][0].shape[2] // N
+        for j in range(chunk):
+            time, slot = self.frames + j, self._slot(self.frames + j)
+            if slot is None or (time >= self.sinks and self.frames + chunk - time > self.ring):
+                continue  # evicted within this very chunk
+            for layer, (k, v) in enumerate(new_kv):
+                self.kv[layer, 0, :, :, slot * N : (slot + 1) * N] = k[:, :, j * N : (j + 1) * N]
+                self.kv[layer, 1, :, :, slot * N : (slot + 1) * N] = v[:, :, j * N : (j + 1) * N]
+            # A chunk may fill ring slots out of order; by its end they form a prefix again.
+            self.slot_time += [-1] * (slot + 1 - len(self.slot_time))
+            self.slot_time[slot] = time
+        self.frames += chunk
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+class DiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, p = cfg.dim, cfg.patch_size
+        self.patch_embed = nn.Linear(p * p * cfg.latent_channels, D)
+        self.t_embed = nn.Sequential(nn.Linear(cfg.freq_dim, D), nn.SiLU(), nn.Linear(D, D))
+        self.a_embed = nn.Sequential(nn.Linear(cfg.action_dim, D), nn.SiLU(), nn.Linear(D, D))
+        self.null_action = nn.Parameter(torch.zeros(D))  # stands in for a dropped action (CFG)
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
+        self.final = FinalLayer(cfg)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for mlp in (self.t_embed, self.a_embed):
+            nn.init.normal_(mlp[0].weight, std=0.02)
+            nn.init.normal_(mlp[2].weight, std=0.02)
+        nn.init.normal_(self.null_action, std=0.02)
+        # AdaLN-Zero: every block starts as the identity and the output as zero velocity.
+        for ada in [b.ada for b in self.blocks] + [self.final.ada]:
+            nn.init.zeros_(ada[1].weight)
+            nn.init.zeros_(ada[1].bias)
+        nn.init.zeros_(self.final.linear.weight)
+        nn.init.zeros_(self.final.linear.bias)
+
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def condition(self, t: Tensor, actions: Tensor, action_mask: Tensor | None = None) -> Tensor:
+        """t (B, F), actions (B, F, A), action_mask (B, F) or (B,) -> c (B, F, D)."""
+        dtype = self.patch_embed.weight.dtype
+        c = self.t_embed(timestep_embedding(t, self.cfg.freq_dim).to(dtype))  # (B, F, D)
+        a = self.a_embed(actions.to(dtype))  # (B, F, D)
+        if action_mask is not None:
+            keep = action_mask.reshape(actions.shape[0], -1, 1).bool()  # (B, F or 1, 1)
+            a = torch.where(keep, a, self.null_action.to(dtype))
+        return c + a
+
+    def rope(self, frame_pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """frame positions (F,) -> cos, sin (F*N, Dh/2), computed in float64."""
+        cfg = self.cfg
+        angles = rope_angles(frame_pos, cfg.grid, cfg.head_dim, cfg.rope_theta)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def token_mask(self, visible: Tensor) -> Tensor | None:
+        """Frame visibility (Fq, Fk) -> token mask (Fq*N, Fk*N), or None when all is visible."""
+        if bool(visible.all()):
+            return None
+        N = self.cfg.tokens_per_frame
+        mask = visible.repeat_interleave(N, 0).repeat_interleave(N, 1)
+        return dense_block_mask(mask) if self.cfg.attn_backend == "flex" else mask
+
+    def forward(
+        self,
+        x,
+        t,
+        actions,
+        *,
+        mode="causal",
+        window=None,
+        sinks=0,
+        frame_offset=0,
+        action_mask=None,
+    ):
+        """Velocity for a whole clip.
+
+        x (B, F, C, h, w) latents at flow times t (B, F); actions (B, F, A); action_mask
+        (B, F) or (B,), False = dropped action. mode "causal" (frame-causal, optionally within
+        a window of W frames plus S sink frames) or "bidirectional". frame_offset shifts the
+        RoPE frame positions. Returns (B, F, C, h, w).
+        """
+        cfg = self.cfg
+        B, Fr, C, h, w = x.shape
+        if mode not in ("causal", "bidirectional"):
+            raise ValueError(f"mode must be 'causal' or 'bidirectional', got {mode!r}")
+        causal = mode == "causal"
+        c = self.condition(t, actions, action_mask)  # (B, F, D)
+        tokens = self.patch_embed(
+            patchify(x, cfg.patch_size).to(self.patch_embed.weight.dtype)
+        )  # (B, F, N, D)
+        frames = torch.arange(Fr, device=x.device)
+        rope = self.rope(frames + frame_offset, tokens.dtype)  # 2 x (F*N, Dh/2)
+        visible = frame_mask(frames, frames, causal=causal, window=window, sinks=sinks)
+        if cfg.attn_backend == "flex" and not bool(visible.all()):
+            mask = frame_block_mask(Fr, cfg.tokens_per_frame, causal, window, sinks, str(x.device))
+        else:
+            mask = self.token_mask(visible)  # (F*N, F*N) or None
+        for block in self.blocks:
+            tokens, _ = block(tokens, c, rope, rope, mask)
+        out = self.final(tokens, c)  # (B, F, N, p*p*C)
+        return unpatchify(out, cfg.patch_size, h, w)
+
+    def init_cache(
+        self, batch_size: int, window: int, sinks: int = 0, device=None, dtype=None
+    ) -> KVCache:
+        """An empty cache for `forward_step`, for attention over `window` frames + `sinks`."""
+        cfg = self.cfg
+        w = self.patch_embed.weight
+        return KVCache(
+            cfg.depth,
+            batch_size,
+            cfg.heads,
+            cfg.head_dim,
+            cfg.tokens_per_frame,
+            window,
+            sinks,
+            device or w.device,
+            dtype or w.dtype,
+        )
+
+    def forward_step(self, x, t, actions, cache: KVCache, *, write=False, action_mask=None):
+        """Velocity for a chunk of new frames given the cached past.
+
+        x (B, Fc, C, h, w) at flow times t (B, Fc), actions (B, Fc, A). The chunk attends to
+        the cache and frame-causally to itself. write=True appends the chunk's keys and values
+        to the cache afterwards (call it with the clean frames at t = 0). Returns (B, Fc, C, h, w).
+        """
+        cfg = self.cfg
+        B, Fc, C, h, w = x.shape
+        c = self.condition(t, actions, action_mask)  # (B, Fc, D)
+        tokens = self.patch_embed(
+            patchify(x, cfg.patch_size).to(self.patch_embed.weight.dtype)
+        )  # (B, Fc, N, D)
+        pos, visible = cache.layout(Fc)  # (Fk,), (Fc, Fk): the cached frames, then the chunk
+        cos, sin = self.rope(pos.to(x.device), tokens.dtype)  # (Fk*N, Dh/2)
+        n_q = Fc * cfg.tokens_per_frame
+        rope_q, rope_k = (cos[-n_q:], sin[-n_q:]), (cos, sin)
+        mask = self.token_mask(visible.to(x.device))  # (Fc*N, Fk*N) or None
+        new_kv = []
+        for layer, block in enumerate(self.blocks):
+            tokens, kv = block(tokens, c, rope_q, rope_k, mask, cache.past(layer))
+            new_kv.append(kv)
+        if write:
+            cache.append(new_kv)
+        out = self.final(tokens, c)  # (B, Fc, N, p*p*C)
+        return unpatchify(out, cfg.patch_size, h, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+
+PRESETS: dict[str, DiTConfig] = {
+    # Unit tests: 4x4 latents, 16 tokens per frame.
+    "tiny": DiTConfig(latent_channels=4, latent_size=4, dim=64, depth=2, heads=2, max_frames=8),
+    # 64x64 frames through an 8x tokenizer; real time on a 2-core CPU.
+    "cpu": DiTConfig(latent_channels=8, latent_size=8, patch_size=1, dim=256, depth=6, heads=4),
+    # 128x128 and 256x256 frames on a GPU.
+    "gpu-128": DiTConfig(
+        latent_channels=8, latent_size=16, patch_size=2, dim=512, depth=12, heads=8, max_frames=32
+    ),
+    "gpu-256": DiTConfig(
+        latent_channels=8, latent_size=32, patch_size=2, dim=768, depth=16, heads=12, max_frames=32
+    ),
+}
+
+
+def get_config(name: str, **overrides) -> DiTConfig:
+    """A named preset, with any field overridden: get_config("cpu", depth=4)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)

@@ -1,0 +1,191 @@
+"""WorldSession: the gym-style door into a trained world model.
+
+    session = WorldSession.from_checkpoint("default", device="cpu")
+    session.reset(context_frames, context_actions=None, seed=0)
+    frame = session.step(Action(forward=True))      # np.uint8 [size, size, 3]
+
+Servers and clients touch only this class; they never reach into caches or layers.
+
+A world-model checkpoint is a folder with two safetensors + JSON pairs:
+`tokenizer.*` (the frame autoencoder) and `student.*` (the causal DiT, with its sampler
+settings in the JSON), plus an optional `card.md` / `card.json`. A bare name such as
+"default" means `assets/<name>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldmodel import checkpoint
+from worldmodel.actions import ACTION_DIM, Action
+from worldmodel.model import DiT, DiTConfig, get_config
+from worldmodel.sampling import StudentConfig, StudentSampler
+from worldmodel.tokenizer import (
+    TOKENIZER_PRESETS,
+    Tokenizer,
+    frames_to_tensor,
+    load_tokenizer,
+    tensor_to_frames,
+)
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+FPS = 20
+
+
+def resolve_checkpoint(path_or_name: str | Path) -> Path:
+    """A checkpoint folder from a path, or a name under assets/."""
+    p = Path(path_or_name)
+    for candidate in (p, ASSETS / p):
+        if (candidate / "student.json").is_file():
+            return candidate
+    if str(path_or_name) == "default":
+        raise FileNotFoundError(
+            f"no default checkpoint is shipped yet (looked in {ASSETS / 'default'}); "
+            "train one as docs/train-your-own.md describes and pass --checkpoint PATH")
+    raise FileNotFoundError(
+        f"no world-model checkpoint at {path_or_name!r} (a folder with student.json and "
+        f"tokenizer.json, or a name under {ASSETS})")
+
+
+def load_student(stem: str | Path, device: str = "cpu") -> tuple[DiT, dict[str, Any]]:
+    tensors, meta = checkpoint.load(stem, device)
+    model = DiT(DiTConfig(**meta["model"]))
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), meta
+
+
+class WorldSession:
+    """One player's stream of generated frames."""
+
+    def __init__(self, tokenizer: Tokenizer, student: DiT, sampler_cfg: StudentConfig,
+                 name: str = "model", checkpoint_hash: str = "", card: dict | None = None,
+                 fps: int = FPS):
+        self.tokenizer = tokenizer
+        self.model = student
+        self.sampler = StudentSampler(student, sampler_cfg)
+        self.size = tokenizer.cfg.frame_size
+        self.name = name
+        self.checkpoint_hash = checkpoint_hash
+        self.context_length = sampler_cfg.context_length
+        self.fps = fps
+        self.card = card or {}
+        self.frame_index = 0
+        self.last_timings: dict[str, float] = {}
+        self._generator = torch.Generator(device=self.device)
+        self._pending: list[Action] = []  # actions waiting for a full chunk
+        self._queue: list[np.ndarray] = []  # frames generated ahead within a chunk
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @classmethod
+    def from_checkpoint(cls, path_or_name: str | Path = "default", device: str = "cpu") -> WorldSession:
+        folder = resolve_checkpoint(path_or_name)
+        tokenizer = load_tokenizer(folder / "tokenizer", device)
+        student, meta = load_student(folder / "student", device)
+        h = hashlib.sha256()
+        for f in ("tokenizer.safetensors", "student.safetensors"):
+            h.update(checkpoint.file_hash(folder / f).encode())
+        card = {}
+        if (folder / "card.json").is_file():
+            card = json.loads((folder / "card.json").read_text())
+        return cls(tokenizer, student, StudentConfig(**meta["sampler"]), name=folder.name,
+                   checkpoint_hash=h.hexdigest(), card=card | {"student": meta},
+                   fps=int(meta.get("fps", FPS)))
+
+    def _check_frames(self, frames) -> np.ndarray:
+        arr = np.asarray(frames)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[1:] != (self.size, self.size, 3) or arr.dtype != np.uint8:
+            raise ValueError(f"context frames must be uint8 [n, {self.size}, {self.size}, 3], "
+                             f"got {arr.dtype} {arr.shape}")
+        if len(arr) == 0:
+            raise ValueError("reset() needs at least one context frame")
+        return arr
+
+    @torch.no_grad()
+    def reset(self, context_frames, context_actions=None, seed: int = 0) -> None:
+        """Start a new session from context frames (one or more; the last context_length are
+        used). context_actions[i] is the action that led into context_frames[i]."""
+        frames = self._check_frames(context_frames)
+        if context_actions is None:
+            context_actions = [Action()] * len(frames)
+        if len(context_actions) != len(frames):
+            raise ValueError(f"{len(frames)} context frames but {len(context_actions)} actions")
+        for a in context_actions:
+            if not isinstance(a, Action):
+                raise TypeError(f"context actions must be Action, got {type(a).__name__}")
+        frames, context_actions = frames[-self.context_length:], context_actions[-self.context_length:]
+        x = frames_to_tensor(torch.from_numpy(frames)).to(self.device)
+        z = self.tokenizer.encode(x)[None]  # (1, F, C, h, w)
+        a = torch.from_numpy(np.stack([c.to_vector() for c in context_actions]))[None].to(self.device)
+        self._generator.manual_seed(int(seed))
+        self.sampler.prefill(z, a)
+        self.frame_index = 0
+        self._pending, self._queue = [], []
+
+    @torch.no_grad()
+    def step(self, action: Action) -> np.ndarray:
+        """The next frame, uint8 [size, size, 3], as the result of `action`."""
+        if not isinstance(action, Action):
+            raise TypeError(f"step() takes an Action, got {type(action).__name__}")
+        if self.sampler.cache.frames == 0:
+            raise RuntimeError("call reset() with context frames before step()")
+        t0 = time.perf_counter()
+        if not self._queue:
+            # a chunk of c frames needs c actions; with chunk 1 (the default) that is this one
+            acts = [action] * self.sampler.cfg.chunk
+            a = torch.from_numpy(np.stack([x.to_vector() for x in acts]))[None].to(self.device)
+            z = self.sampler.step(a, self._generator)  # (1, chunk, C, h, w)
+            t1 = time.perf_counter()
+            frames = tensor_to_frames(self.tokenizer.decode(z[0]).float().cpu()).numpy()
+            self._queue = list(frames)
+        else:
+            t1 = t0
+        frame = self._queue.pop(0)
+        t2 = time.perf_counter()
+        self.frame_index += 1
+        self.last_timings = {"model_ms": (t1 - t0) * 1e3, "decode_ms": (t2 - t1) * 1e3,
+                             "total_ms": (t2 - t0) * 1e3}
+        return frame
+
+
+def save_world_model(folder: str | Path, tokenizer: Tokenizer, student: DiT,
+                     sampler: StudentConfig, meta: dict[str, Any] | None = None) -> Path:
+    """Write a servable checkpoint folder: tokenizer.* and student.*."""
+    folder = Path(folder)
+    checkpoint.save(folder / "tokenizer", tokenizer.state_dict(),
+                    {"kind": "tokenizer", "model": asdict(tokenizer.cfg)})
+    checkpoint.save(folder / "student", student.state_dict(),
+                    {"kind": "student", "model": asdict(student.cfg), "sampler": asdict(sampler),
+                     "fps": FPS, **(meta or {})})
+    return folder
+
+
+def make_random_checkpoint(folder: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
+    """An untrained checkpoint for tests of the serving path: every weight random (the
+    zero-initialised gates too), so that the frames depend on context and actions."""
+    torch.manual_seed(seed)
+    tok_cfg = TOKENIZER_PRESETS[preset]
+    tok = Tokenizer(tok_cfg)
+    student = DiT(get_config(preset, latent_channels=tok_cfg.latent_channels,
+                             latent_size=tok_cfg.latent_size, action_dim=ACTION_DIM))
+    with torch.no_grad():
+        for p in student.parameters():
+            if p.dim() >= 2 and p.abs().sum() == 0:
+                p.normal_(0, 0.2)  # AdaLN-Zero gates and the output layer start at zero
+        for p in student.a_embed.parameters():
+            p.normal_(0, 1.0)  # strong enough that every action shows in the frames
+        tok.latent_std.fill_(1.0)
+    return save_world_model(folder, tok, student, StudentConfig(context_length=2, window=4),
+                            {"note": "random weights, for tests"})
