@@ -69,7 +69,7 @@ class Recorder:
             game.size,
             game.fps,
             seed=game.seed,
-            source="human",
+            source="game",
             policy="human",
             start=game.state(),
         )

@@ -365,7 +365,8 @@ def test_game_window_records_an_episode(tmp_path, monkeypatch):
     (path,) = find_episodes(tmp_path)
     ep = Episode(path)
     assert len(ep) == 7  # the first frame, then one per step
-    assert ep.meta["seed"] == 2 and ep.meta["fps"] == Game.fps and ep.meta["source"] == "human"
+    assert ep.meta["seed"] == 2 and ep.meta["fps"] == Game.fps and ep.meta["source"] == "game"
+    assert ep.meta["policy"] == "human"
     assert ep.meta["complete"] and np.all(ep.actions == 0)
     g = Game(2, 32)
     assert np.array_equal(g.restore(ep.meta["start"]), ep.frames[0])

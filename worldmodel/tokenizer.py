@@ -37,7 +37,7 @@ class TokenizerConfig:
 
 TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
     "tiny": TokenizerConfig(latent_channels=4, channels=(8, 16, 16), frame_size=32),
-    "cpu": TokenizerConfig(latent_channels=8, channels=(32, 64, 128), frame_size=64),
+    "cpu": TokenizerConfig(latent_channels=8, channels=(16, 32, 64), frame_size=64),
     "gpu-128": TokenizerConfig(latent_channels=8, channels=(64, 128, 256), frame_size=128),
     "gpu-256": TokenizerConfig(latent_channels=16, channels=(64, 128, 256), frame_size=256),
 }
