@@ -22,9 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from app.recording import load_context
-from worldmodel.video import export
 from worldmodel.actions import Action
 from worldmodel.episode import ACTIONS, Episode, EpisodeError
+from worldmodel.video import export
 
 
 @dataclass

@@ -21,34 +21,13 @@ import torch
 
 from distill.collect import Explorer
 from worldmodel import checkpoint
-from worldmodel.actions import KEYS, Action, stack
+from worldmodel.actions import Action, parse_script, stack
 from worldmodel.game import Game
 from worldmodel.metrics import psnr
 from worldmodel.model import DiT, DiTConfig
 from worldmodel.sampling import teacher_rollout
 from worldmodel.tokenizer import Tokenizer, frames_to_tensor, load_tokenizer, tensor_to_frames
 from worldmodel.video import export
-
-
-def parse_script(script: str) -> list[Action]:
-    """"forward+sprint:20,yaw=0.5:10,idle:5" -> actions. Each item is keys joined by '+'
-    (or yaw=/pitch= values) and a frame count after ':'."""
-    actions: list[Action] = []
-    for item in filter(None, (s.strip() for s in script.split(","))):
-        spec, _, count = item.partition(":")
-        fields: dict[str, object] = {}
-        for part in spec.split("+"):
-            if part == "idle":
-                continue
-            if "=" in part:
-                name, value = part.split("=", 1)
-                fields[name] = float(value)
-            elif part in KEYS:
-                fields[part] = True
-            else:
-                raise ValueError(f"unknown action {part!r} in script item {item!r}")
-        actions += [Action.from_dict(fields)] * int(count or 1)
-    return actions
 
 
 def play_game(seed: int, size: int, n: int, script: list[Action] | None = None):

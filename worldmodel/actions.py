@@ -111,4 +111,25 @@ def stack(actions: list[Action]) -> np.ndarray:
     return np.stack([a.to_vector() for a in actions])
 
 
+def parse_script(script: str) -> list[Action]:
+    """"forward+sprint:20,yaw=0.5:10,idle:5" -> actions. Each item is keys joined by '+'
+    (or yaw=/pitch= values) and a frame count after ':'."""
+    actions: list[Action] = []
+    for item in filter(None, (s.strip() for s in script.split(","))):
+        spec, _, count = item.partition(":")
+        values: dict[str, object] = {}
+        for part in spec.split("+"):
+            if part == "idle":
+                continue
+            if "=" in part:
+                name, value = part.split("=", 1)
+                values[name] = float(value)
+            elif part in KEYS:
+                values[part] = True
+            else:
+                raise ValueError(f"unknown action {part!r} in script item {item!r}")
+        actions += [Action.from_dict(values)] * int(count or 1)
+    return actions
+
+
 assert tuple(f.name for f in fields(Action)) == FIELDS

@@ -132,10 +132,16 @@ def rope_angles(frame_pos: Tensor, grid: int, head_dim: int, theta: float) -> Te
     ).reshape(Fr * g * g, head_dim // 2)
 
 
+def rope_tables(angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Pair angles (L, Dh/2) float64 -> cos, sin (L, Dh) in `dtype`, as `apply_rope` takes them."""
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1).to(dtype), torch.cat([-sin, sin], dim=-1).to(dtype)
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate dims (k, k + Dh/2) of x (B, H, L, Dh) by the angles behind cos, sin (L, Dh/2)."""
+    """Rotate each pair of dims (k, k + Dh/2) of x (B, H, L, Dh); cos, sin from `rope_tables`."""
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return x * cos + torch.cat([x2, x1], dim=-1) * sin
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -220,30 +226,25 @@ class KVCache:
     Per layer, S sink slots keep the first S frames of the session for good, and a ring of
     W - 1 slots keeps the most recent frames; with the frame being generated that is the
     W-frame window of `forward(mode="causal", window=W, sinks=S)`. Keys are stored after the
-    QK-norm and before RoPE. One tensor holds everything and is never reallocated. Every frame
-    of a batch is at the same step. The cache carries no autograd history.
+    QK-norm and before RoPE. One tensor holds everything and is never reallocated. All rows of
+    the batch advance together. The cache carries no autograd history.
     """
 
     def __init__(
         self,
-        depth,
-        batch_size,
-        heads,
-        head_dim,
-        tokens_per_frame,
-        window,
-        sinks,
-        device=None,
-        dtype=None,
+        cfg: DiTConfig,
+        batch_size: int,
+        window: int,
+        sinks: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
         if window < 1 or sinks < 0:
             raise ValueError(f"need window >= 1 and sinks >= 0, got {window}, {sinks}")
         self.window, self.sinks, self.ring = window, sinks, window - 1
-        self.tokens_per_frame = N = tokens_per_frame
-        slots = sinks + self.ring
-        self.kv = torch.zeros(
-            depth, 2, batch_size, heads, slots * N, head_dim, device=device, dtype=dtype
-        )
+        self.tokens_per_frame = N = cfg.tokens_per_frame
+        shape = (cfg.depth, 2, batch_size, cfg.heads, (sinks + self.ring) * N, cfg.head_dim)
+        self.kv = torch.zeros(shape, device=device, dtype=dtype)  # (layer, k/v, B, H, slots*N, Dh)
         self.reset()
 
     def reset(self) -> None:
@@ -331,42 +332,43 @@ class DiT(nn.Module):
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def condition(self, t: Tensor, actions: Tensor, action_mask: Tensor | None = None) -> Tensor:
-        """t (B, F), actions (B, F, A), action_mask (B, F) or (B,) -> c (B, F, D)."""
+    def embed(self, x, t, actions, action_mask=None) -> tuple[Tensor, Tensor]:
+        """x (B, F, C, h, w), t (B, F), actions (B, F, A), action_mask (B, F) or (B,)
+        -> tokens (B, F, N, D) and per-frame conditioning c (B, F, D)."""
         dtype = self.patch_embed.weight.dtype
+        tokens = self.patch_embed(patchify(x, self.cfg.patch_size).to(dtype))  # (B, F, N, D)
         c = self.t_embed(timestep_embedding(t, self.cfg.freq_dim).to(dtype))  # (B, F, D)
         a = self.a_embed(actions.to(dtype))  # (B, F, D)
         if action_mask is not None:
             keep = action_mask.reshape(actions.shape[0], -1, 1).bool()  # (B, F or 1, 1)
             a = torch.where(keep, a, self.null_action.to(dtype))
-        return c + a
+        return tokens, c + a
 
     def rope(self, frame_pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """frame positions (F,) -> cos, sin (F*N, Dh/2), computed in float64."""
+        """Frame positions (F,) -> cos, sin (F*N, Dh) for every token of those frames."""
         cfg = self.cfg
-        angles = rope_angles(frame_pos, cfg.grid, cfg.head_dim, cfg.rope_theta)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        return rope_tables(rope_angles(frame_pos, cfg.grid, cfg.head_dim, cfg.rope_theta), dtype)
 
-    def token_mask(self, visible: Tensor) -> Tensor | None:
-        """Frame visibility (Fq, Fk) -> token mask (Fq*N, Fk*N), or None when all is visible."""
+    def token_mask(self, visible: Tensor, device=None) -> Tensor | None:
+        """Frame visibility (Fq, Fk) -> token mask (Fq*N, Fk*N) on `device`, None if all visible."""
         if bool(visible.all()):
             return None
         N = self.cfg.tokens_per_frame
-        mask = visible.repeat_interleave(N, 0).repeat_interleave(N, 1)
+        mask = visible.to(device).repeat_interleave(N, 0).repeat_interleave(N, 1)
         return dense_block_mask(mask) if self.cfg.attn_backend == "flex" else mask
 
     def forward(
         self,
-        x,
-        t,
-        actions,
+        x: Tensor,
+        t: Tensor,
+        actions: Tensor,
         *,
-        mode="causal",
-        window=None,
-        sinks=0,
-        frame_offset=0,
-        action_mask=None,
-    ):
+        mode: str = "causal",
+        window: int | None = None,
+        sinks: int = 0,
+        frame_offset: int = 0,
+        action_mask: Tensor | None = None,
+    ) -> Tensor:
         """Velocity for a whole clip.
 
         x (B, F, C, h, w) latents at flow times t (B, F); actions (B, F, A); action_mask
@@ -379,17 +381,14 @@ class DiT(nn.Module):
         if mode not in ("causal", "bidirectional"):
             raise ValueError(f"mode must be 'causal' or 'bidirectional', got {mode!r}")
         causal = mode == "causal"
-        c = self.condition(t, actions, action_mask)  # (B, F, D)
-        tokens = self.patch_embed(
-            patchify(x, cfg.patch_size).to(self.patch_embed.weight.dtype)
-        )  # (B, F, N, D)
-        frames = torch.arange(Fr, device=x.device)
-        rope = self.rope(frames + frame_offset, tokens.dtype)  # 2 x (F*N, Dh/2)
+        tokens, c = self.embed(x, t, actions, action_mask)  # (B, F, N, D), (B, F, D)
+        frames = torch.arange(Fr)  # frame-level masks are tiny and stay on the CPU
+        rope = self.rope((frames + frame_offset).to(x.device), tokens.dtype)  # 2 x (F*N, Dh)
         visible = frame_mask(frames, frames, causal=causal, window=window, sinks=sinks)
         if cfg.attn_backend == "flex" and not bool(visible.all()):
             mask = frame_block_mask(Fr, cfg.tokens_per_frame, causal, window, sinks, str(x.device))
         else:
-            mask = self.token_mask(visible)  # (F*N, F*N) or None
+            mask = self.token_mask(visible, x.device)  # (F*N, F*N) or None
         for block in self.blocks:
             tokens, _ = block(tokens, c, rope, rope, mask)
         out = self.final(tokens, c)  # (B, F, N, p*p*C)
@@ -399,21 +398,19 @@ class DiT(nn.Module):
         self, batch_size: int, window: int, sinks: int = 0, device=None, dtype=None
     ) -> KVCache:
         """An empty cache for `forward_step`, for attention over `window` frames + `sinks`."""
-        cfg = self.cfg
         w = self.patch_embed.weight
-        return KVCache(
-            cfg.depth,
-            batch_size,
-            cfg.heads,
-            cfg.head_dim,
-            cfg.tokens_per_frame,
-            window,
-            sinks,
-            device or w.device,
-            dtype or w.dtype,
-        )
+        return KVCache(self.cfg, batch_size, window, sinks, device or w.device, dtype or w.dtype)
 
-    def forward_step(self, x, t, actions, cache: KVCache, *, write=False, action_mask=None):
+    def forward_step(
+        self,
+        x: Tensor,
+        t: Tensor,
+        actions: Tensor,
+        cache: KVCache,
+        *,
+        write: bool = False,
+        action_mask: Tensor | None = None,
+    ) -> Tensor:
         """Velocity for a chunk of new frames given the cached past.
 
         x (B, Fc, C, h, w) at flow times t (B, Fc), actions (B, Fc, A). The chunk attends to
@@ -422,15 +419,12 @@ class DiT(nn.Module):
         """
         cfg = self.cfg
         B, Fc, C, h, w = x.shape
-        c = self.condition(t, actions, action_mask)  # (B, Fc, D)
-        tokens = self.patch_embed(
-            patchify(x, cfg.patch_size).to(self.patch_embed.weight.dtype)
-        )  # (B, Fc, N, D)
+        tokens, c = self.embed(x, t, actions, action_mask)  # (B, Fc, N, D), (B, Fc, D)
         pos, visible = cache.layout(Fc)  # (Fk,), (Fc, Fk): the cached frames, then the chunk
-        cos, sin = self.rope(pos.to(x.device), tokens.dtype)  # (Fk*N, Dh/2)
+        cos, sin = self.rope(pos.to(x.device), tokens.dtype)  # (Fk*N, Dh)
         n_q = Fc * cfg.tokens_per_frame
         rope_q, rope_k = (cos[-n_q:], sin[-n_q:]), (cos, sin)
-        mask = self.token_mask(visible.to(x.device))  # (Fc*N, Fk*N) or None
+        mask = self.token_mask(visible, x.device)  # (Fc*N, Fk*N) or None
         new_kv = []
         for layer, block in enumerate(self.blocks):
             tokens, kv = block(tokens, c, rope_q, rope_k, mask, cache.past(layer))
@@ -447,8 +441,9 @@ class DiT(nn.Module):
 PRESETS: dict[str, DiTConfig] = {
     # Unit tests: 4x4 latents, 16 tokens per frame.
     "tiny": DiTConfig(latent_channels=4, latent_size=4, dim=64, depth=2, heads=2, max_frames=8),
-    # 64x64 frames through an 8x tokenizer; real time on a 2-core CPU.
-    "cpu": DiTConfig(latent_channels=8, latent_size=8, patch_size=1, dim=256, depth=6, heads=4),
+    # 64x64 frames through an 8x tokenizer, 2x2 patches: 16 tokens per frame, so that 4
+    # denoising steps + a cache write + decoding fit a 2-core CPU in real time.
+    "cpu": DiTConfig(latent_channels=8, latent_size=8, patch_size=2, dim=192, depth=6, heads=3),
     # 128x128 and 256x256 frames on a GPU.
     "gpu-128": DiTConfig(
         latent_channels=8, latent_size=16, patch_size=2, dim=512, depth=12, heads=8, max_frames=32
