@@ -1,0 +1,128 @@
+"""`wm distill ode|init|dmd|pack`: distil the teacher into the 4-step causal student.
+
+    ode    ODE pairs: the teacher's many-step trajectories from real context   (distill.ode)
+    init   the student (teacher weights, causal, KV cache) regresses them      (distill.student_init)
+    dmd    DMD with Self-Forcing rollouts: teacher = real score, critic = fake (distill.dmd)
+    pack   tokenizer + student + sampler settings -> a servable checkpoint folder
+
+Every stage takes `--preset tiny|cpu|gpu` (default cpu) and any field of its config as a
+flag; flags win over the preset. Stages are resumable: rerun the same command to continue,
+or to extend with a larger --steps / --clips. `--max-minutes` bounds each run; progress bars
+on the terminal, log.jsonl and loss.png in the output folder.
+
+tiny (seconds on CPU; tests/test_distill.py runs it on random weights):
+
+    wm train teacher --data data/tiny --tokenizer runs/tok-tiny/model --out runs/t-tiny \\
+                     --preset tiny --steps 20      # after tokenizer and cache-latents, tiny
+    wm distill ode  --preset tiny     # --data data/tiny --teacher runs/t-tiny/model --out runs/ode-tiny
+    wm distill init --preset tiny     # --pairs runs/ode-tiny --out runs/init-tiny
+    wm distill dmd  --preset tiny     # --student runs/init-tiny/model --out runs/dmd-tiny
+    wm distill pack --student runs/dmd-tiny/model --tokenizer runs/tok-tiny/model --out runs/wm-tiny
+
+cpu (64x64 frames; on 2 cores init about 20 min and dmd about 40 min, ode pairs about an hour):
+
+    wm distill ode  --preset cpu --data data/train --teacher runs/teacher/model --out runs/ode
+    wm distill init --preset cpu --pairs runs/ode --teacher runs/teacher/model --out runs/student-init
+    wm distill dmd  --preset cpu --data data/train --teacher runs/teacher/model \\
+                    --student runs/student-init/model --out runs/student-dmd
+    wm distill pack --student runs/student-dmd/model --tokenizer runs/tokenizer/model \\
+                    --out runs/world-model
+    wm play --checkpoint runs/world-model
+
+Under torchrun each stage runs on every rank (`torchrun --nproc_per_node N -m distill.distill
+init ...`): ode shares out its shards, init and dmd average gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from distill import dmd, ode, student_init
+from worldmodel import checkpoint
+from worldmodel.model import DiT, DiTConfig
+from worldmodel.sampling import StudentConfig
+from worldmodel.session import save_world_model
+from worldmodel.tokenizer import load_tokenizer
+
+
+@dataclass
+class PackConfig:
+    student: str = "runs/student-dmd/model"  # or runs/student-init/model
+    tokenizer: str = "runs/tokenizer/model"
+    out: str = "runs/world-model"
+
+
+def pack(cfg: PackConfig) -> Path:
+    """Write a servable checkpoint folder (WorldSession.from_checkpoint loads it)."""
+    tok = load_tokenizer(cfg.tokenizer)
+    tensors, meta = checkpoint.load(cfg.student)
+    if "sampler" not in meta:
+        raise ValueError(f"{cfg.student} is a {meta.get('kind')!r} checkpoint, not a student "
+                         "(`wm distill init` or `wm distill dmd` writes one)")
+    student = DiT(DiTConfig(**meta["model"]))
+    student.load_state_dict(tensors)
+    known = meta.get("tokenizer_hash")  # recorded when the teacher was trained
+    if known and known != checkpoint.file_hash(f"{cfg.tokenizer}.safetensors"):
+        raise ValueError(f"{cfg.tokenizer} is not the tokenizer the teacher's latents came from")
+    latent = (tok.cfg.latent_channels, tok.cfg.latent_size)
+    if latent != (student.cfg.latent_channels, student.cfg.latent_size):
+        raise ValueError(f"tokenizer latents {latent} (channels, size) do not fit the student's "
+                         f"{(student.cfg.latent_channels, student.cfg.latent_size)}")
+    folder = save_world_model(cfg.out, tok, student, StudentConfig(**meta["sampler"]), {
+        "distill": {"stage": meta["stage"], "step": meta["step"], "teacher": meta["teacher"],
+                    "student": cfg.student, "tokenizer": cfg.tokenizer}})
+    print(f"world model written to {folder} (student from {cfg.student}, {meta['stage']} "
+          f"step {meta['step']}); try: wm play --checkpoint {folder}")
+    return folder
+
+
+# name -> (config class, presets, what runs it)
+STAGES: dict[str, tuple[type, dict[str, Any], Callable[[Any], Any]]] = {
+    "ode": (ode.OdeConfig, ode.PRESETS, ode.generate),
+    "init": (student_init.InitConfig, student_init.PRESETS, student_init.train),
+    "dmd": (dmd.DmdConfig, dmd.PRESETS, dmd.train),
+    "pack": (PackConfig, {}, pack),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="stage", required=True)
+    for name, (cls, presets, run) in STAGES.items():
+        sp = sub.add_parser(name, help=(run.__doc__ or "").strip().splitlines()[0])
+        if presets:
+            sp.add_argument("--preset", choices=sorted(presets), default="cpu",
+                            help="named settings; any flag below overrides them (default: cpu)")
+        base = presets["cpu"] if presets else cls()
+        for f in fields(cls):
+            # flags left out keep the preset's value, so they are absent rather than defaulted
+            value = getattr(base, f.name)
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(value, bool):
+                sp.add_argument(flag, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS)
+            else:
+                sp.add_argument(flag, type=type(value), default=argparse.SUPPRESS,
+                                help=f"cpu preset: {value}" if presets else f"default: {value}")
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    cls, presets, _ = STAGES[args.stage]
+    base = presets[args.preset] if presets else cls()
+    return replace(base, **{f.name: getattr(args, f.name) for f in fields(cls)
+                            if hasattr(args, f.name)})
+
+
+def main(args: argparse.Namespace) -> int:
+    STAGES[args.stage][2](config_from_args(args))
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m distill.distill")
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))

@@ -1,0 +1,240 @@
+"""Distribution matching distillation (DMD) with Self-Forcing rollouts.
+
+    wm distill dmd --preset cpu --data data/train --teacher runs/teacher/model \\
+        --student runs/student-init/model --out runs/student-dmd
+
+The generator (the initialised student) rolls out clips the way it plays: real context
+frames prefill its KV cache, then it generates every later frame under the clip's real
+actions with its own cache, window and sinks. Each frame stops at a random one of the K
+denoising steps and returns that step's x0 prediction; only that step carries gradient, the
+earlier ones run without, and the cache is written with the detached frame.
+
+Two scores look at the rollout, noised to one flow time per clip (context frames clean):
+the frozen teacher with CFG on actions (real score) and a critic initialised from the
+teacher (fake score) that keeps learning the student's distribution by flow matching on
+the student's detached rollouts, `critic_steps` updates per generator update. The generator
+follows the difference of their x0 predictions, normalised per clip (DMD2):
+
+    grad = (x0_fake - x0_real) / mean|x - x0_real|,   loss = 0.5 * mse(x, (x - grad).detach())
+
+Logged: gen_loss, critic_loss, dmd_grad_norm (RMS of grad), and real_x0_loss, the MSE of the
+student's frames against the real frames of the clip, a cheap check that it does not drift.
+The run folder's model.safetensors is the EMA of the generator, a student checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from distill.common import EMA, Run, count_params, loop, print0, setup_distributed
+from distill.data import ClipDataset
+from distill.ode import guided_velocity, load_dit
+from distill.student_init import average_gradients
+from worldmodel import flow
+from worldmodel.model import DiT
+from worldmodel.sampling import StudentConfig, StudentSampler
+
+
+@dataclass
+class DmdConfig:
+    data: str = "data/train"
+    teacher: str = "runs/teacher/model"  # real score, and the critic's starting point
+    student: str = "runs/student-init/model"
+    out: str = "runs/student-dmd"
+    clip_len: int = 8  # context (the student's context_length) + generated frames
+    batch_size: int = 4
+    gen_lr: float = 2e-5
+    critic_lr: float = 2e-5
+    beta1: float = 0.0
+    beta2: float = 0.999
+    critic_steps: int = 5  # critic updates per generator update
+    cfg_scale: float = 1.5  # guidance of the real score
+    t_min: float = 0.02
+    t_max: float = 0.98
+    steps: int = 1000  # generator updates
+    max_minutes: float = 60.0
+    ema_decay: float = 0.99
+    grad_clip: float = 1.0
+    log_every: int = 5
+    ckpt_every: int = 50
+    workers: int = 0  # clips of cached latents load in microseconds
+    seed: int = 0
+    device: str = "auto"
+
+
+PRESETS: dict[str, DmdConfig] = {
+    "tiny": DmdConfig(data="data/tiny", teacher="runs/t-tiny/model",
+                      student="runs/init-tiny/model", out="runs/dmd-tiny", clip_len=4,
+                      batch_size=2, gen_lr=1e-4, critic_lr=1e-4, critic_steps=2, steps=3,
+                      max_minutes=2.0, log_every=1, ckpt_every=2),
+    "cpu": DmdConfig(steps=600, max_minutes=40.0, ckpt_every=25),
+    "gpu": DmdConfig(batch_size=16, gen_lr=1e-5, critic_lr=1e-5, steps=3000, max_minutes=240.0,
+                     log_every=10, ckpt_every=100, workers=2),
+}
+
+
+def rollout(student: DiT, context: torch.Tensor, actions: torch.Tensor, sampler: StudentConfig,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Self-Forcing: the student generates the frames after `context` as it does at play time.
+
+    context (B, Fc, C, h, w) clean; actions (B, Fc + N, A). Each chunk runs the sampler's steps
+    up to a random exit step and returns that step's x0 prediction: every step has to land
+    on the data, and one step with gradient per frame keeps the graph as small as a single
+    forward per frame. Under grad mode only the exit step records a graph. Returns
+    (B, N, C, h, w).
+    """
+    grad = torch.is_grad_enabled()
+    B, Fc = context.shape[:2]
+    play = StudentSampler(student, sampler, B)
+    play.prefill(context, actions[:, :Fc])
+    ts, dev, dtype = play.timesteps, context.device, context.dtype
+    out = []
+    for s in range(Fc, actions.shape[1], sampler.chunk):
+        a = actions[:, s:s + sampler.chunk]
+        c = a.shape[1]
+        exit_step = int(torch.randint(len(ts), (1,), generator=generator, device=dev))
+        x = torch.randn((B, c, *context.shape[2:]), generator=generator, device=dev, dtype=dtype)
+        for k in range(exit_step + 1):
+            t = torch.full((B, c), ts[k], device=dev, dtype=dtype)
+            with torch.set_grad_enabled(grad and k == exit_step):
+                x0 = flow.predict_x0(x, student.forward_step(x, t, a, play.cache), t)
+            if k < exit_step:
+                x = flow.renoise(x0, ts[k + 1], generator)
+        out.append(x0)
+        with torch.no_grad():
+            student.forward_step(x0.detach(), torch.zeros_like(t), a, play.cache, write=True)
+    return torch.cat(out, 1)
+
+
+def noised_clip(context: torch.Tensor, x: torch.Tensor, cfg: DmdConfig, shift: float,
+                generator: torch.Generator | None = None):
+    """Context + detached generated frames, the generated ones noised to one flow time per
+    clip, uniform in [t_min, t_max] and then shifted as in training. Returns the clean clip
+    (B, F, C, h, w), the noise, the noisy clip and t (B, F), 0 on the context."""
+    clip = torch.cat([context, x.detach()], 1)
+    B, Fc = context.shape[:2]
+    u = cfg.t_min + (cfg.t_max - cfg.t_min) * torch.rand(B, generator=generator, device=x.device)
+    t = torch.zeros(clip.shape[:2], device=x.device, dtype=x.dtype)
+    t[:, Fc:] = flow.shift_time(u, shift)[:, None]
+    noise = torch.randn(clip.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return clip, noise, flow.add_noise(clip, noise, t), t
+
+
+def critic_loss(critic: DiT, context: torch.Tensor, x: torch.Tensor, actions: torch.Tensor,
+                cfg: DmdConfig, shift: float, mode: str,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flow matching on the student's detached frames x (B, N, ...) after the clean context:
+    the critic learns the velocity of the student's distribution. Context frames unweighted."""
+    clip, noise, x_t, t = noised_clip(context, x, cfg, shift, generator)
+    weight = torch.zeros_like(t)
+    weight[:, context.shape[1]:] = 1
+    v = critic(x_t, t, actions, mode=mode)
+    return flow.flow_loss(v.float(), clip.float(), noise.float(), weight)
+
+
+def dmd_loss(x: torch.Tensor, context: torch.Tensor, actions: torch.Tensor, teacher: DiT,
+             critic: DiT, cfg: DmdConfig, shift: float, mode: str,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The generator's DMD loss for its frames x (B, N, C, h, w) that follow the clean context
+    (B, Fc, ...) under actions (B, Fc + N, A). Returns (loss, RMS of the DMD gradient)."""
+    Fc = context.shape[1]
+    with torch.no_grad():
+        _, _, x_t, t = noised_clip(context, x, cfg, shift, generator)
+        v_real = guided_velocity(teacher, x_t, t, actions, mode=mode, cfg_scale=cfg.cfg_scale)
+        v_fake = critic(x_t, t, actions, mode=mode)
+        x0_real = flow.predict_x0(x_t, v_real, t)[:, Fc:].float()
+        x0_fake = flow.predict_x0(x_t, v_fake, t)[:, Fc:].float()
+        gen = x.detach().float()
+        norm = (gen - x0_real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
+        grad = (x0_fake - x0_real) / norm
+    loss = 0.5 * F.mse_loss(x.float(), gen - grad)
+    return loss, grad.pow(2).mean().sqrt()
+
+
+def train(cfg: DmdConfig) -> DiT:
+    """Run DMD from an initialised student (resumable, time-budgeted)."""
+    d = setup_distributed(cfg.device)
+    torch.manual_seed(cfg.seed + d.rank)
+    teacher, t_meta = load_dit(cfg.teacher, d.device)
+    gen, s_meta = load_dit(cfg.student, d.device)
+    if "sampler" not in s_meta:
+        raise ValueError(f"{cfg.student} is not a student checkpoint (`wm distill init` makes one)")
+    if gen.cfg != teacher.cfg:
+        raise ValueError(f"student {cfg.student} and teacher {cfg.teacher} differ in shape")
+    sampler = StudentConfig(**s_meta["sampler"])
+    if cfg.clip_len <= sampler.context_length:
+        raise ValueError(f"clip_len {cfg.clip_len} leaves no frame after the student's "
+                         f"{sampler.context_length} context frames")
+    mode, shift = t_meta["mode"], t_meta["shift"]
+    gen.train().requires_grad_(True)
+    critic = copy.deepcopy(teacher).train().requires_grad_(True)
+    nets = nn.ModuleDict({"generator": gen, "critic": critic})
+    # One Adam, one parameter group per network. Adam's state is per parameter and a network
+    # without gradients is skipped, so the two updates stay independent while the run
+    # folder saves and resumes a single optimizer.
+    opt = torch.optim.Adam([{"params": list(gen.parameters()), "lr": cfg.gen_lr},
+                            {"params": list(critic.parameters()), "lr": cfg.critic_lr}],
+                           betas=(cfg.beta1, cfg.beta2))
+    ema = EMA(gen, cfg.ema_decay)
+    run = Run(cfg.out, "student_dmd", asdict(cfg), d)
+    start = run.resume(nets, opt, ema)
+    out_meta = {"model": asdict(gen.cfg), "sampler": asdict(sampler), "stage": "dmd",
+                "teacher": cfg.teacher, "student_init": cfg.student,
+                "tokenizer_hash": s_meta.get("tokenizer_hash")}
+
+    # a resumed run draws other clips than the ones it has already trained on
+    ds = ClipDataset(cfg.data, clip_len=cfg.clip_len, seed=cfg.seed + start, latents=True)
+    ds.rank = d.rank
+    loader = iter(DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers,
+                             persistent_workers=cfg.workers > 0))
+    Fc = sampler.context_length
+
+    def next_clip():
+        batch = next(loader)
+        lat = batch["latents"].to(d.device)
+        return lat[:, :Fc], batch["actions"].to(d.device), lat[:, Fc:]
+
+    def update(net: nn.Module, loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(net, d)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+
+    print0(f"DMD: student {cfg.student} ({count_params(gen) / 1e6:.2f}M params), {mode} "
+           f"teacher {cfg.teacher} with CFG {cfg.cfg_scale}, clips of {Fc} context + "
+           f"{cfg.clip_len - Fc} generated frames, window {sampler.window}, sinks "
+           f"{sampler.sinks}, {cfg.critic_steps} critic updates per generator update")
+    stats: dict[str, list[float]] = {}
+    done = start
+    for step in loop(start, cfg.steps, cfg.max_minutes, d, "dmd"):
+        for _ in range(cfg.critic_steps):
+            context, actions, _ = next_clip()
+            with torch.no_grad():
+                x = rollout(gen, context, actions, sampler)
+            loss_c = critic_loss(critic, context, x, actions, cfg, shift, mode)
+            update(critic, loss_c)
+            stats.setdefault("critic_loss", []).append(loss_c.item())
+        context, actions, real = next_clip()
+        x = rollout(gen, context, actions, sampler)
+        loss_g, grad_norm = dmd_loss(x, context, actions, teacher, critic, cfg, shift, mode)
+        update(gen, loss_g)
+        ema.update(gen, step)
+        done = step + 1
+        for k, v in (("gen_loss", loss_g), ("dmd_grad_norm", grad_norm),
+                     ("real_x0_loss", F.mse_loss(x.detach().float(), real.float()))):
+            stats.setdefault(k, []).append(v.item())
+        if done % cfg.log_every == 0:
+            run.log({"step": done} | {k: sum(v) / len(v) for k, v in stats.items()})
+            stats.clear()
+        if done % cfg.ckpt_every == 0:
+            run.save(nets, opt, ema, done, out_meta)
+    run.save(nets, opt, ema, done, out_meta)
+    print0(f"student saved to {run.out}/model.safetensors")
+    return ema.model

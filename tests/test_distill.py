@@ -1,0 +1,268 @@
+"""Distillation on tiny random models: ODE pairs, student init, DMD, packing."""
+
+import argparse
+import copy
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distill import distill
+from distill.dmd import DmdConfig, critic_loss, dmd_loss, rollout
+from distill.ode import ode_pairs
+from distill.student_init import init_backward
+from worldmodel import checkpoint, flow
+from worldmodel.actions import Action
+from worldmodel.episode import EpisodeWriter
+from worldmodel.model import DiT, get_config
+from worldmodel.sampling import StudentConfig, teacher_rollout
+from worldmodel.session import WorldSession
+from worldmodel.tokenizer import TOKENIZER_PRESETS, Tokenizer
+
+C, H = 4, 4  # tiny preset latents
+STEPS, SHIFT, CFG = 8, 3.0, 1.5
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Models this small run faster on one thread than on several."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def random_dit(seed=0):
+    """A tiny DiT whose zero-initialised gates and output are random too, so its velocity
+    depends on every frame it attends to and on the actions."""
+    torch.manual_seed(seed)
+    net = DiT(get_config("tiny"))
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() >= 2 and p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+        for p in net.a_embed.parameters():
+            p.normal_(0, 1.0)
+    return net.eval().requires_grad_(False)
+
+
+def clip(B=2, Fc=2, N=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    lat = torch.randn(B, Fc + N, C, H, H, generator=g)
+    act = torch.rand(B, Fc + N, 8, generator=g).round()
+    return lat[:, :Fc], act, lat[:, Fc:]
+
+
+def pairs(teacher, target, mode="bidirectional", seed=0, **kw):
+    context, act, _ = clip(**kw)
+    Fc = context.shape[1]
+    return ode_pairs(teacher, context, act[:, :Fc], act[:, Fc:], target=target, mode=mode,
+                     clip_len=4, steps=STEPS, shift=SHIFT, cfg_scale=CFG,
+                     generator=torch.Generator().manual_seed(seed))
+
+
+def test_ode_pairs_lie_on_the_teachers_euler_path():
+    teacher = random_dit()
+    context, act, _ = clip(B=2, Fc=2, N=3)
+    levels, end = pairs(teacher, "autoregressive", N=3)
+    assert levels.shape == (2, 3, 4, C, H, H) and end.shape == (2, 3, C, H, H)
+    # the first level is the initial noise, drawn frame by frame
+    g = torch.Generator().manual_seed(0)
+    noise = torch.cat([torch.randn(2, 1, C, H, H, generator=g) for _ in range(3)], 1)
+    assert torch.equal(levels[:, :, 0], noise)
+    # the end points are what the teacher's autoregressive sampler makes from that noise
+    ref = teacher_rollout(teacher, context, act[:, :2], act[:, 2:], clip_len=4, steps=STEPS,
+                          shift=SHIFT, cfg_scale=CFG, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(end, ref, atol=1e-6)
+    # the levels are the Euler path of the first frame at the student's times
+    a = act[:, :3]
+
+    def velocity(x, t):
+        tt = torch.zeros(2, 3)
+        tt[:, -1] = t
+        xx = torch.cat([context, x], 1)
+        v_c = teacher(xx, tt, a, mode="bidirectional")
+        v_u = teacher(xx, tt, a, mode="bidirectional", action_mask=torch.zeros(2, dtype=bool))
+        return flow.cfg_combine(v_c, v_u, CFG)[:, -1:]
+
+    x0, path, ts = flow.euler_sample(velocity, noise[:, :1], STEPS, SHIFT, trajectory=True)
+    assert torch.allclose(ts[:-1:STEPS // 4], flow.student_timesteps(4, SHIFT))
+    assert torch.allclose(levels[:, 0], path[:-1:STEPS // 4].movedim(0, 1)[:, :, 0], atol=1e-5)
+    assert torch.allclose(end[:, :1], x0, atol=1e-5)
+
+
+def test_joint_targets_see_later_frames_only_with_a_bidirectional_teacher():
+    teacher = random_dit()
+    ar_lv, ar = pairs(teacher, "autoregressive", N=3)
+    joint_lv, joint = pairs(teacher, "joint", N=3)
+    assert torch.equal(ar_lv[:, :, 0], joint_lv[:, :, 0])  # same noise
+    # bidirectional: even the first frame's trajectory depends on the later (noisy) frames
+    for i in range(3):
+        assert not torch.allclose(ar[:, i], joint[:, i], atol=1e-3)
+    # causal: the first frame sees only the clean context either way; later frames see
+    # clean predecessors (autoregressive) or noisy ones (joint)
+    _, ar_c = pairs(teacher, "autoregressive", mode="causal", N=3)
+    _, joint_c = pairs(teacher, "joint", mode="causal", N=3)
+    assert torch.allclose(ar_c[:, 0], joint_c[:, 0], atol=1e-5)
+    assert not torch.allclose(ar_c[:, 1:], joint_c[:, 1:], atol=1e-3)
+
+
+def test_student_init_loss_falls_on_fixed_pairs():
+    teacher = random_dit()
+    context, act, _ = clip(B=4, Fc=2, N=2)
+    levels, end = ode_pairs(teacher, context, act[:, :2], act[:, 2:], steps=STEPS, shift=SHIFT,
+                            clip_len=4, cfg_scale=CFG, generator=torch.Generator().manual_seed(0))
+    batch = {"context": context, "actions": act, "levels": levels, "target": end}
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    sampler = StudentConfig(window=3, context_length=2)  # 4 frames: the ring rolls over
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(25):
+        opt.zero_grad()
+        loss, err, count = init_backward(student, batch, sampler, torch.Generator().manual_seed(0))
+        opt.step()
+        losses.append(loss)
+    assert count.sum() == 4 * 2 and np.isfinite(losses).all()
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_dmd_pieces():
+    teacher = random_dit()
+    student = random_dit(seed=3).train().requires_grad_(True)
+    sampler = StudentConfig(window=3, context_length=2)
+    cfg = DmdConfig(cfg_scale=1.0)
+    context, act, _ = clip(B=2, Fc=2, N=3)
+
+    # the rollout carries gradient to the student only through one step per frame
+    x = rollout(student, context, act, sampler, torch.Generator().manual_seed(0))
+    assert x.shape == (2, 3, C, H, H) and x.requires_grad
+    x.sum().backward()
+    assert student.final.linear.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        x = rollout(student, context, act, sampler, torch.Generator().manual_seed(0))
+    assert not x.requires_grad
+
+    # a critic equal to the teacher, with no guidance, gives exactly no DMD gradient
+    critic = copy.deepcopy(teacher).train().requires_grad_(True)
+    x = x.requires_grad_(True)
+    loss, grad_norm = dmd_loss(x, context, act, teacher, critic, cfg, SHIFT, "bidirectional")
+    assert loss.item() == 0 and grad_norm.item() == 0
+    guided = DmdConfig(cfg_scale=3.0)
+    loss, grad_norm = dmd_loss(x, context, act, teacher, critic, guided, SHIFT, "bidirectional")
+    assert loss.item() > 0 and grad_norm.item() > 0
+    loss.backward()
+    assert x.grad.abs().sum() > 0
+
+    # the critic's flow-matching loss is finite and falls over its own updates on a fixed batch
+    opt = torch.optim.Adam(critic.parameters(), lr=1e-3, betas=(0.0, 0.999))
+    losses = []
+    for _ in range(15):
+        loss = critic_loss(critic, context, x, act, cfg, SHIFT, "bidirectional",
+                           torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The stages end to end, through the command line
+
+
+def make_fixtures(root):
+    """Two episodes of random latents, a random tiny teacher and an untrained tokenizer."""
+    rng = np.random.default_rng(0)
+    for e in range(2):
+        with EpisodeWriter(root / "data" / f"ep_{e:06d}", size=32, fps=20) as w:
+            for _ in range(12):
+                w.append(np.zeros((32, 32, 3), np.uint8),
+                         Action(forward=bool(rng.integers(2)), yaw=float(rng.uniform(-1, 1))))
+        np.save(root / "data" / f"ep_{e:06d}" / "latents.npy",
+                rng.standard_normal((12, C, H, H)).astype(np.float16))
+    for name in ("tok", "other_tok"):
+        tok = Tokenizer(TOKENIZER_PRESETS["tiny"])
+        checkpoint.save(root / name, tok.state_dict(),
+                        {"kind": "tokenizer", "model": asdict(tok.cfg)})
+    teacher = random_dit()
+    checkpoint.save(root / "teacher", teacher.state_dict(),
+                    {"kind": "teacher", "model": asdict(teacher.cfg), "mode": "bidirectional",
+                     "clip_len": 4, "shift": SHIFT,
+                     "tokenizer_hash": checkpoint.file_hash(root / "tok.safetensors")})
+
+
+def wm_distill(*argv):
+    parser = argparse.ArgumentParser()
+    distill.add_arguments(parser)
+    return distill.main(parser.parse_args([str(a) for a in argv]))
+
+
+def log_rows(folder):
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+def test_distill_end_to_end(tmp_path):
+    make_fixtures(tmp_path)
+    data, teacher = tmp_path / "data", tmp_path / "teacher"
+    ode_dir, init_dir, dmd_dir = tmp_path / "ode", tmp_path / "init", tmp_path / "dmd"
+
+    wm_distill("ode", "--preset", "tiny", "--data", data, "--teacher", teacher, "--out", ode_dir)
+    index = json.loads((ode_dir / "index.json").read_text())
+    assert index["clips"] == 8 and len(index["shards"]) == 2
+    shard = load_file(ode_dir / index["shards"][0]["file"])
+    assert shard["levels"].shape == (4, 2, 4, C, H, H) and shard["target"].shape == (4, 2, C, H, H)
+    assert shard["context"].shape == (4, 2, C, H, H) and shard["actions"].shape == (4, 4, 8)
+    assert (ode_dir / "loss.png").is_file()
+    # a rerun asking for more clips keeps the finished shards and adds one
+    wm_distill("ode", "--preset", "tiny", "--data", data, "--teacher", teacher, "--out", ode_dir,
+               "--clips", 10)
+    index = json.loads((ode_dir / "index.json").read_text())
+    assert index["clips"] == 10 and len(index["shards"]) == 3
+    assert torch.equal(load_file(ode_dir / index["shards"][0]["file"])["target"], shard["target"])
+
+    wm_distill("init", "--preset", "tiny", "--pairs", ode_dir, "--teacher", teacher,
+               "--out", init_dir, "--steps", 6)
+    wm_distill("init", "--preset", "tiny", "--pairs", ode_dir, "--teacher", teacher,
+               "--out", init_dir, "--steps", 8)  # resumes at step 6
+    assert json.loads((init_dir / "model.json").read_text())["step"] == 8
+    assert [r["step"] for r in log_rows(init_dir)] == [2, 4, 6, 8]
+    assert (init_dir / "loss.png").is_file()
+
+    wm_distill("dmd", "--preset", "tiny", "--data", data, "--teacher", teacher,
+               "--student", init_dir / "model", "--out", dmd_dir)
+    rows = log_rows(dmd_dir)
+    assert len(rows) == 3
+    for r in rows:
+        assert all(np.isfinite(r[k]) for k in ("gen_loss", "critic_loss", "dmd_grad_norm",
+                                               "real_x0_loss"))
+    start = load_file(init_dir / "model.safetensors")
+    trained = load_file(dmd_dir / "train.safetensors")
+    moved = [k for k, v in start.items() if not torch.equal(v, trained[f"model.generator.{k}"])]
+    assert len(moved) > len(start) // 2
+
+    world = tmp_path / "world"
+    with pytest.raises(ValueError, match="not the tokenizer"):
+        wm_distill("pack", "--student", dmd_dir / "model", "--tokenizer", tmp_path / "other_tok",
+                   "--out", world)
+    wm_distill("pack", "--student", dmd_dir / "model", "--tokenizer", tmp_path / "tok",
+               "--out", world)
+    session = WorldSession.from_checkpoint(world)
+    assert session.sampler.cfg == StudentConfig(window=3, context_length=2)
+    session.reset(np.zeros((3, 32, 32, 3), np.uint8))
+    for a in (Action(), Action(forward=True), Action(yaw=0.5)):
+        frame = session.step(a)
+        assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8
+
+
+def test_presets_and_flags():
+    parser = argparse.ArgumentParser()
+    distill.add_arguments(parser)
+    cfg = distill.config_from_args(parser.parse_args(["dmd", "--preset", "tiny", "--steps", "7"]))
+    assert cfg.steps == 7 and cfg.clip_len == 4 and cfg.critic_steps == 2
+    cfg = distill.config_from_args(parser.parse_args(["init"]))
+    assert cfg == distill.student_init.PRESETS["cpu"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["ode", "--preset", "huge"])
