@@ -16,6 +16,7 @@ from worldmodel.model import (
     get_config,
     patchify,
     rope_angles,
+    rope_tables,
     unpatchify,
 )
 
@@ -125,8 +126,7 @@ def test_rope_is_a_rotation_and_relative():
     pos = torch.arange(F, dtype=torch.float64)
 
     def rot(x, p):
-        angles = rope_angles(p, grid, Dh, 10000.0)
-        return apply_rope(x, angles.cos(), angles.sin())
+        return apply_rope(x, *rope_tables(rope_angles(p, grid, Dh, 10000.0), torch.float64))
 
     assert torch.allclose(rot(q, pos).norm(dim=-1), q.norm(dim=-1), atol=1e-12)
     dots = rot(q, pos) @ rot(k, pos).transpose(-1, -2)
@@ -249,7 +249,9 @@ def test_frame_offset_does_not_change_outputs(dtype, atol):
     x, t, a = make_inputs(model, B=2, F=4)
     for kw in (dict(mode="causal"), dict(mode="bidirectional"), dict(mode="causal", window=2)):
         ref = model(x, t, a, **kw)
-        torch.testing.assert_close(model(x, t, a, frame_offset=10_000, **kw), ref, atol=atol, rtol=0)
+        torch.testing.assert_close(
+            model(x, t, a, frame_offset=10_000, **kw), ref, atol=atol, rtol=0
+        )
         torch.testing.assert_close(model(x, t, a, frame_offset=10**6, **kw), ref, atol=atol, rtol=0)
 
 
@@ -378,3 +380,19 @@ def test_loss_falls():
         losses.append(loss.item())
     assert all(p.grad is not None for p in model.parameters())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_forward_step_trains_through_the_current_chunk():
+    """Self-forcing backpropagates through the frame being generated while the cache, written
+    without history, keeps changing in place underneath."""
+    model = make_model(torch.float32)
+    x, t, a = make_inputs(model, B=1, F=4)
+    cache = model.init_cache(1, window=2)
+    loss = sum(
+        model.forward_step(x[:, i : i + 1], t[:, i : i + 1], a[:, i : i + 1], cache, write=True)
+        .pow(2)
+        .mean()
+        for i in range(4)
+    )
+    loss.backward()
+    assert model.patch_embed.weight.grad.abs().sum() > 0
