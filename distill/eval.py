@@ -140,10 +140,14 @@ def hist_distance(hists: np.ndarray, reference: np.ndarray) -> np.ndarray:
 class CollapseRules:
     """When a long session counts as collapsed. Level rules look at the late window (the
     last `late_fraction` of the session) against the real game's frames under the same
-    actions; the frozen rule looks at the whole session."""
+    actions; the frozen rule looks at the whole session. The real game itself dips: facing
+    a wall up close, a 150-frame stretch can have a tenth of the session's sharpness, and
+    twice it in a busy room. So the reference for "too low" is the lower of the real median
+    over the session and over the same late window, for "too high" the higher of the two."""
 
     late_fraction: float = 0.25
     min_sharpness_ratio: float = 0.25  # blurred: median Laplacian variance below this x real
+    max_sharpness_ratio: float = 10.0  # noisy: above this x real (the picture turned to noise)
     min_contrast_ratio: float = 0.25  # flat: median luma std below this x real (constant colour)
     max_clipped: float = 0.5  # saturated: median share of pure black/white pixels above this...
     clipped_margin: float = 0.3  # ...and above the real frames' share by this much
@@ -155,11 +159,15 @@ class CollapseRules:
 
     def describe(self) -> list[str]:
         late = f"the last {self.late_fraction:.0%} of the session"
+        real = ("the real frames' level (the lower of their median over the session and over "
+                "the same window; the higher of the two for an upper bound)")
         return [
             f"**blurred**: median sharpness (variance of the luma Laplacian) over {late} is below "
-            f"{self.min_sharpness_ratio:.0%} of the real frames' median.",
+            f"{self.min_sharpness_ratio:.0%} of {real}.",
+            f"**noisy**: that median sharpness is above {self.max_sharpness_ratio:g}x the real "
+            "frames' level (the picture dissolved into noise).",
             f"**flat**: median contrast (luma standard deviation) over {late} is below "
-            f"{self.min_contrast_ratio:.0%} of the real frames' median (saturation to one colour).",
+            f"{self.min_contrast_ratio:.0%} of the real frames' level (saturation to one colour).",
             f"**saturated**: over {late}, the median share of pure black or white pixels (all "
             f"channels <= 5 or >= 250) is above {self.max_clipped:.0%} and "
             f"{self.clipped_margin:.0%} above the real frames'.",
@@ -192,26 +200,34 @@ def longest_frozen_run(change: np.ndarray, yaw: np.ndarray, rules: CollapseRules
 def collapse_verdict(stats: dict[str, np.ndarray], real: dict[str, np.ndarray], yaw,
                      rules: CollapseRules = CollapseRules()) -> dict:
     """Judge a stream by `rules`. stats: `sequence_stats` of the model's frames; real: the
-    same of real game frames (the reference levels); yaw [T]: the commanded yaw that led
-    into each of the model's frames. Returns collapsed, the reasons, and the numbers."""
+    same of real game frames (the reference levels; their late window is their last frames,
+    as many as the model's, so the same times when both ran side by side); yaw [T]: the
+    commanded yaw that led into each of the model's frames. Returns collapsed, the reasons
+    and the numbers behind them."""
     T = len(stats["brightness"])
     late = slice(T - max(1, int(round(T * rules.late_fraction))), T)
+    real_late = slice(max(0, late.start - T + len(real["brightness"])), len(real["brightness"]))
+
+    def level(key: str, pick) -> float:  # the real frames' median, whole session or late window
+        return max(pick(np.median(real[key]), np.median(real[key][real_late])), 1e-6)
+
     ref_hist = real["hist"].mean(0)
-    dist = hist_distance(stats["hist"][late], ref_hist)
+    sharp = float(np.median(stats["sharpness"][late]))
     m = {
-        "sharpness_ratio": float(np.median(stats["sharpness"][late])
-                                 / max(np.median(real["sharpness"]), 1e-6)),
-        "contrast_ratio": float(np.median(stats["contrast"][late])
-                                / max(np.median(real["contrast"]), 1e-6)),
+        "sharpness_ratio": sharp / level("sharpness", min),
+        "sharpness_ratio_high": sharp / level("sharpness", max),
+        "contrast_ratio": float(np.median(stats["contrast"][late])) / level("contrast", min),
         "clipped": float(np.median(stats["clipped"][late])),
         "real_clipped": float(np.median(real["clipped"])),
-        "hist_distance": float(np.median(dist)),
+        "hist_distance": float(np.median(hist_distance(stats["hist"][late], ref_hist))),
         "real_hist_distance": float(np.median(hist_distance(real["hist"], ref_hist))),
         "longest_frozen_run": longest_frozen_run(stats["change"], np.asarray(yaw, np.float64), rules),
     }
     reasons = []
     if m["sharpness_ratio"] < rules.min_sharpness_ratio:
         reasons.append("blurred")
+    if m["sharpness_ratio_high"] > rules.max_sharpness_ratio:
+        reasons.append("noisy")
     if m["contrast_ratio"] < rules.min_contrast_ratio:
         reasons.append("flat")
     if m["clipped"] > rules.max_clipped and m["clipped"] > m["real_clipped"] + rules.clipped_margin:
@@ -279,7 +295,7 @@ def reconstruct(tok: Tokenizer, frames: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- plots, report
 
 
-def plot_curves(curves: dict[str, dict[str, list[float]]], path: Path, metric: str) -> None:
+def plot_curves(curves: dict[str, list[float]], horizons: list[int], path: Path, metric: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,6 +308,8 @@ def plot_curves(curves: dict[str, dict[str, list[float]]], path: Path, metric: s
             ax.plot(np.arange(1, len(y) + 1), y, label=name, lw=1.5,
                     ls="--" if name in ("baseline", "tokenizer") else "-")
     ax.set_xscale("log")
+    ax.set_xticks(horizons, [str(h) for h in horizons])
+    ax.minorticks_off()
     ax.set_xlabel("frames ahead")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3, which="both")
@@ -352,7 +370,9 @@ def write_report(r: dict, rules: CollapseRules, path: Path) -> None:
     lines = [
         f"# Evaluation of `{r['checkpoint']}`", "",
         f"{r['resolution']}px frames on {r['device']}; worlds {r['seeds'][0]}..{r['seeds'][-1]} "
-        f"(held out: training never uses seeds >= {EVAL_SEED_START}), {r['rollouts_per_seed']} "
+        + (f"(held out: training never uses seeds >= {EVAL_SEED_START})" if r["held_out"] else
+           f"(**not held out**: below {EVAL_SEED_START}, possibly trained on)")
+        + f", {r['rollouts_per_seed']} "
         f"rollout(s) per world, {r['context']} real context frame(s), explorer-policy actions. "
         f"Checkpoint sha256 {r['checkpoint_hash'][:16]}.", "",
         "## Fidelity: frames ahead of the context, against the real game", "",
@@ -369,33 +389,33 @@ def write_report(r: dict, rules: CollapseRules, path: Path) -> None:
               "First rollout, frames at the horizons (rows: " + ", ".join(["real"] + names[1:])
               + "): ![frames](rollout_frames.png)", ""]
     idm = r["idm"]
-    lines += ["## Controllability: an inverse-dynamics model on each stream", ""]
-    if idm.get("skipped"):
-        lines += [idm["skipped"], ""]
-    else:
-        lines += [
-            f"IDM `{idm['checkpoint']}` (its own held-out key accuracy "
-            f"{idm['own_val']['key_acc']:.3f}, camera error {idm['own_val']['camera_err']:.3f}). "
-            "It reads (frame t-1, frame t) of each stream and guesses action t; key accuracy is "
-            "averaged over the six keys, camera error is the mean |yaw, pitch| error (-1..1 "
-            f"scale), sign accuracy counts commanded turns of |value| >= 0.1. Guessing each "
-            f"key's commoner state scores {idm['key_chance']:.3f}.", "",
-            "| stream | pairs | key acc | camera err | camera sign acc |", "|---|---|---|---|---|"]
-        for n, s in idm["streams"].items():
-            sign = "-" if s["camera_sign_acc"] is None else f"{s['camera_sign_acc']:.3f}"
-            lines.append(f"| {n} | {s['pairs']} | {s['key_acc']:.3f} | {s['camera_err']:.3f} | {sign} |")
-        lines += ["", "real: the game's own frames (the reference); baseline: a picture that never "
-                  "moves (what ignoring the actions scores); *_long: the long stability session.", ""]
-    st = r["stability"]
+    val = idm["own_val"]
     lines += [
+        "## Controllability: an inverse-dynamics model on each stream", "",
+        f"IDM `{idm['checkpoint']}`" + (f" (on its own held-out worlds, with partly random actions: key accuracy "
+                                         f"{val['key_acc']:.3f}, camera error {val['camera_err']:.3f})"
+                                         if val else "") + ". "
+        "It reads (frame t-1, frame t) of each stream and guesses action t; key accuracy is "
+        "averaged over the six keys, camera error is the mean |yaw, pitch| error (-1..1 scale), "
+        "sign accuracy counts commanded turns of |value| >= 0.1. Guessing each key's commoner "
+        f"state scores {idm['key_chance']:.3f}.", "",
+        "| stream | pairs | key acc | camera err | camera sign acc |", "|---|---|---|---|---|"]
+    for n, s in idm["streams"].items():
+        sign = "-" if s["camera_sign_acc"] is None else f"{s['camera_sign_acc']:.3f}"
+        lines.append(f"| {n} | {s['pairs']} | {s['key_acc']:.3f} | {s['camera_err']:.3f} | {sign} |")
+    st = r["stability"]
+    verdict = f"collapsed ({', '.join(st['reasons'])})" if st["collapsed"] else "not collapsed"
+    lines += [
+        "", "real: the game's own frames (the reference); baseline: a picture that never moves "
+        "(what ignoring the actions scores); *_long: the long stability session.", "",
         "## Stability: one long session", "",
         f"{st['frames']} frames of the student next to the real game under the same explorer "
-        f"actions (world {st['seed']}). **Verdict: "
-        f"{'collapsed (' + ', '.join(st['reasons']) + ')' if st['collapsed'] else 'not collapsed'}.**", "",
-        f"sharpness {st['sharpness_ratio']:.2f}x and contrast {st['contrast_ratio']:.2f}x the real "
-        f"frames' in the late window; colour distance {st['hist_distance']:.3f} (real frames: "
-        f"{st['real_hist_distance']:.3f}); pure black/white pixels {st['clipped']:.3f} (real "
-        f"{st['real_clipped']:.3f}); longest frozen stretch while turning: "
+        f"actions (world {st['seed']}). **Verdict: {verdict}.**", "",
+        f"In the late window the student's sharpness is {st['sharpness_ratio']:.2f}x the real "
+        f"frames' lower level and {st['sharpness_ratio_high']:.2f}x their upper level, its "
+        f"contrast {st['contrast_ratio']:.2f}x; colour distance {st['hist_distance']:.3f} (real "
+        f"frames: {st['real_hist_distance']:.3f}); pure black/white pixels {st['clipped']:.3f} "
+        f"(real {st['real_clipped']:.3f}); longest frozen stretch while turning: "
         f"{st['longest_frozen_run']} frames.", "",
         "Collapse rules (any one is enough):", ""]
     lines += [f"- {d}" for d in rules.describe()]
@@ -406,6 +426,48 @@ def write_report(r: dict, rules: CollapseRules, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- the run
+
+
+def fidelity(streams: dict, rollouts: list[Rollout], ctx: int, tok: Tokenizer, cfg: EvalConfig,
+             idm_model: IDM):
+    """Every stream over every rollout: PSNR and SSIM curves [H] per rollout, the IDM's
+    guesses per stream and the commanded actions, and the frames of the first rollout."""
+    H = len(rollouts[0].frames) - ctx
+    curves = {m: {n: [] for n in streams} for m in ("psnr", "ssim")}
+    idm_pred: dict[str, list[np.ndarray]] = {n: [] for n in ["real", *streams]}
+    idm_act: list[np.ndarray] = []
+    first: dict[str, np.ndarray] = {}
+    for k, ro in enumerate(rollouts):
+        real = ro.frames[ctx:]
+        shown = {"real": real}
+        for name, model in streams.items():
+            t0 = time.monotonic()
+            if name == "baseline":
+                gen = np.repeat(ro.frames[ctx - 1:ctx], H, axis=0)
+            elif name == "tokenizer":
+                gen = reconstruct(tok, real)
+            elif name == "teacher":
+                teacher, meta = model
+                gen = dream_teacher(teacher, meta, tok, ro.frames, ro.actions, ctx,
+                                    cfg.teacher_steps, cfg.teacher_cfg, seed=ro.seed * 1000 + ro.index)
+            else:
+                gen = session_rollout(model, ro, ctx)
+            curves["psnr"][name].append(psnr(real, gen))
+            curves["ssim"][name].append(ssim(real, gen))
+            shown[name] = gen
+            if name not in ("baseline", "tokenizer"):
+                log(f"  world {ro.seed} rollout {ro.index}: {name} {H} frames in "
+                    f"{time.monotonic() - t0:.1f}s, PSNR@1 {curves['psnr'][name][-1][0]:.2f} dB")
+        if H >= 2:
+            # pairs inside each stream only: the first generated frame's predecessor is a real
+            # frame, and a real/decoded pair would show the decoder, not the action
+            for name, gen in shown.items():
+                idm_pred[name].append(idm_model.predict(gen[:-1], gen[1:]))
+            idm_act.append(stack(ro.actions[ctx + 1:]))
+        if k == 0:
+            first = shown
+        log(f"rollout {k + 1}/{len(rollouts)} done")
+    return curves, idm_pred, idm_act, first
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -419,6 +481,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise ValueError(f"horizons must be positive frame counts, got {cfg.horizons}")
     if cfg.seeds < 1 or cfg.rollouts < 1 or cfg.stability_frames < 2:
         raise ValueError("need --seeds >= 1, --rollouts >= 1 and --stability-frames >= 2")
+    if cfg.seed_start < EVAL_SEED_START:
+        log(f"warning: worlds below {EVAL_SEED_START} may be in the training data")
     H = horizons[-1]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -437,7 +501,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                "tokenizer": cfg.tokenizer or str(folder / "tokenizer")}
     if cfg.teacher:
         teacher, tmeta = load_teacher(cfg.teacher, device)
-        streams["teacher"] = teacher
+        streams["teacher"] = (teacher, tmeta)
         sources["teacher"] = f"{cfg.teacher} ({cfg.teacher_steps} steps, cfg {cfg.teacher_cfg})"
         if tmeta.get("tokenizer_hash") and cfg.tokenizer is None and tmeta["tokenizer_hash"] != \
                 checkpoint.file_hash(folder / "tokenizer.safetensors"):
@@ -454,46 +518,14 @@ def evaluate(cfg: EvalConfig) -> dict:
                                      **overrides)
 
     rollouts = make_rollouts(cfg, size, ctx, H)
-    curves = {m: {n: [] for n in streams} for m in ("psnr", "ssim")}  # per rollout [H]
-    idm_pred: dict[str, list[np.ndarray]] = {n: [] for n in ["real", *streams]}
-    idm_act: list[np.ndarray] = []
-    first: dict[str, np.ndarray] = {}
-    for k, ro in enumerate(rollouts):
-        real = ro.frames[ctx:]
-        acts = stack(ro.actions[ctx:])
-        gen_all = {"real": real}
-        for name, model in streams.items():
-            t0 = time.monotonic()
-            if name == "baseline":
-                gen = np.repeat(ro.frames[ctx - 1:ctx], H, axis=0)
-            elif name == "tokenizer":
-                gen = reconstruct(tok, real)
-            elif name == "teacher":
-                gen = dream_teacher(model, tmeta, tok, ro.frames, ro.actions, ctx,
-                                    cfg.teacher_steps, cfg.teacher_cfg, seed=ro.seed * 1000 + ro.index)
-            else:
-                gen = session_rollout(model, ro, ctx)
-            curves["psnr"][name].append(psnr(real, gen))
-            curves["ssim"][name].append(ssim(real, gen))
-            gen_all[name] = gen
-            if name not in ("baseline", "tokenizer"):
-                log(f"  world {ro.seed} rollout {ro.index}: {name} {H} frames in "
-                    f"{time.monotonic() - t0:.1f}s, PSNR@1 {curves['psnr'][name][-1][0]:.2f} dB")
-        if H >= 2:
-            # pairs inside each stream only: the first generated frame's predecessor is a real
-            # frame, and a real/decoded pair would show the decoder, not the action
-            for name, gen in gen_all.items():
-                idm_pred[name].append(idm_model.predict(gen[:-1], gen[1:]))
-            idm_act.append(acts[1:])
-        if k == 0:
-            first = gen_all
-        log(f"rollout {k + 1}/{len(rollouts)} done")
+    curves, idm_pred, idm_act, first = fidelity(streams, rollouts, ctx, tok, cfg, idm_model)
 
     result: dict = {
         "checkpoint": str(folder), "checkpoint_hash": session.checkpoint_hash,
         "resolution": size, "device": device, "context": ctx, "horizons": horizons,
         "seeds": list(range(cfg.seed_start, cfg.seed_start + cfg.seeds)),
-        "rollouts_per_seed": cfg.rollouts, "models": sources,
+        "held_out": cfg.seed_start >= EVAL_SEED_START, "rollouts_per_seed": cfg.rollouts,
+        "models": sources,
     }
     for metric in ("psnr", "ssim"):
         result[metric] = {}
@@ -504,37 +536,30 @@ def evaluate(cfg: EvalConfig) -> dict:
             result[f"{metric}_std"][name] = {str(h): float(arr[:, h - 1].std()) for h in horizons}
     result["curves"] = {m: {n: np.stack(v).mean(0).round(4).tolist() for n, v in c.items()}
                         for m, c in curves.items()}
-    plot_curves(result["curves"]["psnr"], out / "psnr.png", "PSNR (dB)")
-    plot_curves(result["curves"]["ssim"], out / "ssim.png", "SSIM")
+    plot_curves(result["curves"]["psnr"], horizons, out / "psnr.png", "PSNR (dB)")
+    plot_curves(result["curves"]["ssim"], horizons, out / "ssim.png", "SSIM")
     cols = [h - 1 for h in horizons]
-    save_grid([(n, first[n][cols]) for n in ["real", *[m for m in MODELS if m in first and m != "baseline"]]],
-              out / "rollout_frames.png", scale=max(1, 128 // size))
+    rows = ["real"] + [m for m in MODELS if m in first and m != "baseline"]
+    save_grid([(n, first[n][cols]) for n in rows], out / "rollout_frames.png",
+              scale=max(1, 128 // size))
 
     rules = CollapseRules()
     stab, long_pairs = stability(session, cfg, ctx, idm_model, rules, out)
     result["stability"] = stab
 
-    if H < 2 and not long_pairs:
-        result["idm"] = {"skipped": "no frame pairs: horizons and the stability session are too short"}
-    else:
-        streams_scores = {}
-        if H >= 2:
-            acts = np.concatenate(idm_act)
-            streams_scores = {n: score(np.concatenate(p), acts) for n, p in idm_pred.items() if p}
-        for n, (p, a) in long_pairs.items():
-            streams_scores[f"{n}_long"] = score(p, a)
-        main_real = streams_scores.get("real", streams_scores.get("real_long"))
-        main_student = streams_scores.get("student", streams_scores.get("student_long"))
-        result["idm"] = {
-            "real_key_acc": main_real["key_acc"], "student_key_acc": main_student["key_acc"],
-            "real_camera_err": main_real["camera_err"],
-            "student_camera_err": main_student["camera_err"],
-            "real_camera_sign_acc": main_real["camera_sign_acc"],
-            "student_camera_sign_acc": main_student["camera_sign_acc"],
-            "key_chance": main_real["key_chance"],
-            "checkpoint": cfg.idm, "own_val": idm_meta.get("val", {}),
-            "streams": streams_scores,
-        }
+    scores = {n: score(np.concatenate(p), np.concatenate(idm_act)) for n, p in idm_pred.items() if p}
+    scores |= {f"{n}_long": score(p, a) for n, (p, a) in long_pairs.items()}
+    # the rollouts' pairs when the horizons give any, else the long session's
+    real, student = (scores["real"], scores["student"]) if "real" in scores else (
+        scores["real_long"], scores["student_long"])
+    result["idm"] = {
+        "real_key_acc": real["key_acc"], "student_key_acc": student["key_acc"],
+        "real_camera_err": real["camera_err"], "student_camera_err": student["camera_err"],
+        "real_camera_sign_acc": real["camera_sign_acc"],
+        "student_camera_sign_acc": student["camera_sign_acc"],
+        "key_chance": real["key_chance"], "checkpoint": cfg.idm,
+        "own_val": idm_meta.get("val", {}), "streams": scores,
+    }
     result["settings"] = {k: (list(v) if isinstance(v, tuple) else v)
                           for k, v in asdict(cfg).items()}
     result["time_s"] = round(time.monotonic() - t_start, 1)
@@ -664,11 +689,10 @@ def main(args: argparse.Namespace) -> int:
     for n in MODELS:
         if n in r["psnr"]:
             print(f"  {n:<13}" + "".join(f"{r['psnr'][n][h]:>8.2f}" for h in hs))
-    if "skipped" not in r["idm"]:
-        i = r["idm"]
-        print(f"IDM key accuracy: real {i['real_key_acc']:.3f}, student {i['student_key_acc']:.3f} "
-              f"(chance {i['key_chance']:.3f}); camera error: real {i['real_camera_err']:.3f}, "
-              f"student {i['student_camera_err']:.3f}")
+    i = r["idm"]
+    print(f"IDM key accuracy: real {i['real_key_acc']:.3f}, student {i['student_key_acc']:.3f} "
+          f"(chance {i['key_chance']:.3f}); camera error: real {i['real_camera_err']:.3f}, "
+          f"student {i['student_camera_err']:.3f}")
     s = r["stability"]
     print(f"stability over {s['frames']} frames: "
           + ("collapsed (" + ", ".join(s["reasons"]) + ")" if s["collapsed"] else "not collapsed"))

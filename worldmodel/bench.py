@@ -1,0 +1,333 @@
+"""`wm bench`: speed and memory of the student next to the teacher, in one run on one machine.
+
+    wm bench --checkpoint runs/world-model                     # readable table
+    wm bench --checkpoint runs/world-model --device cuda --json
+    wm bench --checkpoint runs/world-model --teacher runs/teacher/model --teacher-steps 32
+
+student  `WorldSession.step` at batch 1, as a player gets frames: 4 denoising steps with the
+         KV cache, then the tokenizer's decode to uint8; timed per frame after a warm-up.
+teacher  `teacher_rollout` one frame at a time, as `wm sample` dreams: `--teacher-steps` Euler
+         steps per frame over a clip of the teacher's length, each step a doubled batch when
+         `--teacher-cfg` is not 1; its latents are decoded by the same tokenizer, so both
+         rates are frames a player could see. The teacher's speed does not depend on its
+         weights: without `--teacher` the student's own network runs in bidirectional mode
+         and the output says "teacher_weights": "architecture-only".
+memory   the process's resident set (and on CUDA the allocator's peak) after 100 frames of a
+         session and after `--long` frames: a rolling KV cache keeps them equal.
+
+Frames come from the real game (context) under a fixed script of walking and turning. On
+CUDA every clock is read after a synchronize. Progress goes to stderr; `--json` prints one
+JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worldmodel import checkpoint
+from worldmodel.actions import Action, stack
+from worldmodel.attention import resolve_backend
+from worldmodel.game import Game
+from worldmodel.model import DiT, DiTConfig
+from worldmodel.sampling import teacher_rollout
+from worldmodel.session import WorldSession, resolve_checkpoint
+from worldmodel.tokenizer import Tokenizer, frames_to_tensor, tensor_to_frames
+
+MEMORY_EARLY = 100  # session frames before the first memory reading
+TEACHER_CLIP_LEN = 8  # the teacher's training default, for architecture-only timing
+TEACHER_SHIFT = 3.0
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now, in MiB."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: the peak is the best there is
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def latency_stats(seconds: list[float]) -> dict:
+    """Per-frame wall times -> frames/s (frames over their summed time) and percentiles."""
+    ms = np.asarray(seconds) * 1e3
+    return {"fps": float(len(ms) / (ms.sum() / 1e3)), "p50_ms": float(np.percentile(ms, 50)),
+            "p95_ms": float(np.percentile(ms, 95)), "mean_ms": float(ms.mean()),
+            "frames": int(len(ms))}
+
+
+def script(n: int, seed: int = 0) -> list[Action]:
+    """Walking with smooth turns, strafes and looks: what a player does, fixed by the seed."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        yaw = float(np.clip(np.sin(i / 15.0) * 0.6 + rng.normal(0, 0.1), -1, 1))
+        out.append(Action(forward=bool(i % 50 < 40), left=bool(i % 70 > 60),
+                          sprint=bool(i % 90 > 70), yaw=yaw,
+                          pitch=float(np.clip(0.3 * np.sin(i / 23.0), -1, 1))))
+    return out
+
+
+def machine(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "load_avg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+    if device.type == "cuda":
+        info |= {"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda}
+    return info
+
+
+def backend_of(model: DiT) -> str:
+    """The attention backend `auto` resolves to for this model's unmasked steps (the student's
+    window and the teacher's bidirectional clip both attend without a mask)."""
+    p = next(model.parameters())
+    q = torch.empty(1, model.cfg.heads, 1, model.cfg.head_dim, device=p.device, dtype=p.dtype)
+    return resolve_backend(q, None, model.cfg.attn_backend)
+
+
+def load_teacher_stem(stem: str | Path, device: torch.device) -> tuple[DiT, dict]:
+    tensors, meta = checkpoint.load(stem, device)
+    if "model" not in meta:
+        raise ValueError(f"{stem} is a {meta.get('kind')!r} checkpoint, not a DiT")
+    model = DiT(DiTConfig(**meta["model"]))
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), meta
+
+
+def game_clip(size: int, n: int, seed: int) -> tuple[np.ndarray, list[Action]]:
+    """n real frames and the actions that led into them (the first is no input)."""
+    game = Game(seed, size)
+    actions = [Action()] + script(n - 1, seed)
+    frames = [game.reset()] + [game.step(a) for a in actions[1:]]
+    return np.stack(frames), actions
+
+
+@torch.no_grad()
+def decode(tok: Tokenizer, z: torch.Tensor) -> np.ndarray:
+    """Latents (N, C, h, w) -> uint8 frames on the host, as `WorldSession.step` does it."""
+    return tensor_to_frames(tok.decode(z).float().cpu()).numpy()
+
+
+def bench_decode(tok: Tokenizer, n: int, device: torch.device) -> float:
+    """Median ms of one frame's decode (1, C, h, w) -> uint8 on the host."""
+    c, h = tok.cfg.latent_channels, tok.cfg.latent_size
+    z = torch.randn(1, c, h, h, device=device)
+    times = []
+    for i in range(n + 3):
+        sync(device)
+        t0 = time.perf_counter()
+        decode(tok, z)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def bench_student(session: WorldSession, frames: int, warmup: int, long: int, seed: int) -> dict:
+    """Time `frames` steps after `warmup`, and keep the session going to `long` frames for
+    the memory readings; the last `frames` steps of the long run are timed too."""
+    from tqdm import tqdm
+
+    dev = session.device
+    ctx_frames, ctx_actions = game_clip(session.size, session.context_length, seed)
+    total = max(long, warmup + frames)
+    acts = script(total, seed + 1)
+    session.reset(ctx_frames, ctx_actions, seed=seed)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times, memory, cuda_memory = [], {}, {}
+    for i in tqdm(range(total), desc="student", unit="frame", file=sys.stderr, leave=False,
+                  mininterval=1.0):
+        sync(dev)
+        t0 = time.perf_counter()
+        session.step(acts[i])
+        sync(dev)
+        times.append(time.perf_counter() - t0)
+        n = session.frame_index
+        if n in (MEMORY_EARLY, long):
+            memory[f"after_{n}"] = rss_mb()
+            if dev.type == "cuda":
+                cuda_memory[f"after_{n}"] = {
+                    "allocated": torch.cuda.memory_allocated(dev) / 2**20,
+                    "max_allocated": torch.cuda.max_memory_allocated(dev) / 2**20}
+    stats = latency_stats(times[warmup:warmup + frames])
+    stats["late_p50_ms"] = latency_stats(times[-frames:])["p50_ms"]  # unchanged by session length
+    return {"student": stats, "memory": memory, "cuda_memory": cuda_memory or None}
+
+
+@torch.no_grad()
+def bench_teacher(model: DiT, tok: Tokenizer, *, mode: str, clip_len: int, steps: int,
+                  cfg_scale: float, shift: float, frames: int, warmup: int, seed: int) -> dict:
+    """Dream frame after frame from a clip_len - 1 context, timing model + decode per frame."""
+    dev = next(model.parameters()).device
+    ctx_n = clip_len - 1
+    real, actions = game_clip(tok.cfg.frame_size, ctx_n, seed)
+    acts = torch.from_numpy(stack(actions + script(warmup + frames, seed + 2)))[None].to(dev)
+    z = tok.encode(frames_to_tensor(torch.from_numpy(real)).to(dev))[None]  # (1, ctx, C, h, w)
+    ctx, ctx_a = z, acts[:, :ctx_n]
+    g = torch.Generator(device=dev).manual_seed(seed)
+    times, model_times = [], []
+    for i in range(warmup + frames):
+        a = acts[:, ctx_n + i:ctx_n + i + 1]
+        sync(dev)
+        t0 = time.perf_counter()
+        new = teacher_rollout(model, ctx, ctx_a, a, mode=mode, clip_len=clip_len, steps=steps,
+                              shift=shift, cfg_scale=cfg_scale, generator=g)  # (1, 1, C, h, w)
+        sync(dev)
+        t1 = time.perf_counter()
+        decode(tok, new[0])
+        t2 = time.perf_counter()
+        if i >= warmup:
+            times.append(t2 - t0)
+            model_times.append(t1 - t0)
+        log(f"teacher frame {i + 1}/{warmup + frames}: {(t2 - t0) * 1e3:.0f} ms"
+            + (" (warm-up)" if i < warmup else ""))
+        ctx = torch.cat([ctx, new], 1)[:, -ctx_n:]
+        ctx_a = torch.cat([ctx_a, a], 1)[:, -ctx_n:]
+    passes = steps * (2 if cfg_scale != 1.0 else 1)
+    return latency_stats(times) | {
+        "model_ms": float(np.median(model_times) * 1e3), "steps": steps, "cfg": cfg_scale,
+        "clip_len": clip_len, "mode": mode, "network_passes_per_frame": passes,
+        "params": model.param_count()}
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device if args.device != "auto" else
+                          "cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("wm bench: --device cuda but CUDA is not available")
+    if args.long < MEMORY_EARLY:
+        raise SystemExit(f"wm bench: --long must be at least {MEMORY_EARLY}")
+    if args.frames < 1 or args.teacher_frames < 1:
+        raise SystemExit("wm bench: --frames and --teacher-frames must be positive")
+    folder = resolve_checkpoint(args.checkpoint)
+    session = WorldSession.from_checkpoint(folder, device=str(device))
+    torch.manual_seed(args.seed)
+    p = next(session.model.parameters())
+    cfg, scfg = session.model.cfg, session.sampler.cfg
+    log(f"bench {folder} on {device}: {session.size}px, student {session.model.param_count() / 1e6:.2f}M "
+        f"params, {scfg.steps} steps/frame, window {scfg.window}")
+
+    out: dict = {"device": device.type, "resolution": session.size, "dtype": str(p.dtype).split(".")[-1]}
+    out |= machine(device)
+    out |= {"checkpoint": str(folder), "checkpoint_hash": session.checkpoint_hash,
+            "model": {"params": session.model.param_count(), "dim": cfg.dim, "depth": cfg.depth,
+                      "heads": cfg.heads, "tokens_per_frame": cfg.tokens_per_frame,
+                      "latent": [cfg.latent_channels, cfg.latent_size, cfg.latent_size]},
+            "sampler": {"steps": scfg.steps, "window": scfg.window, "sinks": scfg.sinks,
+                        "chunk": scfg.chunk, "context_length": scfg.context_length}}
+
+    student = bench_student(session, args.frames, args.warmup, args.long, args.seed)
+    out["student"] = student["student"] | {"target_fps": session.fps}
+    out["decode_ms"] = bench_decode(session.tokenizer, max(10, min(args.frames, 100)), device)
+    mem = student["memory"]
+    out["memory_mb"] = mem | {"growth": mem[f"after_{args.long}"] - mem[f"after_{MEMORY_EARLY}"]}
+    out["cuda_memory_mb"] = student["cuda_memory"]
+    out["long_frames"] = args.long
+
+    if args.teacher:
+        teacher, meta = load_teacher_stem(args.teacher, device)
+        latent = (teacher.cfg.latent_channels, teacher.cfg.latent_size)
+        if latent != (cfg.latent_channels, cfg.latent_size):
+            raise SystemExit(f"wm bench: the teacher takes latents {latent} (channels, size), "
+                             f"the checkpoint's tokenizer makes {(cfg.latent_channels, cfg.latent_size)}")
+        out["teacher_weights"] = str(args.teacher)
+        mode = meta.get("mode", "bidirectional")
+        clip_len = int(meta.get("clip_len", args.teacher_clip_len))
+        shift = float(meta.get("shift", TEACHER_SHIFT))
+    else:
+        teacher, mode, clip_len, shift = session.model, "bidirectional", args.teacher_clip_len, TEACHER_SHIFT
+        out["teacher_weights"] = "architecture-only"
+    log(f"teacher ({out['teacher_weights']}): {args.teacher_steps} steps, cfg {args.teacher_cfg}, "
+        f"clip {clip_len}")
+    out["teacher"] = bench_teacher(teacher, session.tokenizer, mode=mode, clip_len=clip_len,
+                                   steps=args.teacher_steps, cfg_scale=args.teacher_cfg,
+                                   shift=shift, frames=args.teacher_frames, warmup=1,
+                                   seed=args.seed)
+    out["attention"] = {"student": backend_of(session.model), "teacher": backend_of(teacher)}
+    out["speedup"] = out["student"]["fps"] / out["teacher"]["fps"]
+    return out
+
+
+def table(r: dict) -> str:
+    s, t, m = r["student"], r["teacher"], r["memory_mb"]
+    hw = r.get("gpu") or r["cpu"]
+    early, late = f"after_{MEMORY_EARLY}", f"after_{r['long_frames']}"
+    rows = [
+        f"device      {r['device']} ({hw}), {r['dtype']}, torch {r['torch']}, {r['threads']} "
+        f"thread(s) of {r['cpu_count']} cores, load {r['load_avg']}",
+        f"attention   student {r['attention']['student']}, teacher {r['attention']['teacher']}",
+        f"model       {r['model']['params'] / 1e6:.2f}M params, {r['resolution']}px frames, "
+        f"{r['model']['tokens_per_frame']} tokens/frame, {r['sampler']['steps']} steps/frame",
+        "",
+        f"{'':<10}{'frames/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'frames':>8}",
+        f"{'student':<10}{s['fps']:>10.1f}{s['p50_ms']:>10.2f}{s['p95_ms']:>10.2f}{s['frames']:>8}",
+        f"{'teacher':<10}{t['fps']:>10.3f}{t['p50_ms']:>10.1f}{t['p95_ms']:>10.1f}{t['frames']:>8}",
+        "",
+        f"speedup     {r['speedup']:.1f}x (teacher: {t['steps']} steps, cfg {t['cfg']}, clip "
+        f"{t['clip_len']}, {t['mode']}, weights: {r['teacher_weights']})",
+        f"decode      {r['decode_ms']:.2f} ms/frame (included in both rates)",
+        f"late p50    {s['late_p50_ms']:.2f} ms/frame over the last frames of the long session",
+        f"memory      RSS {m[early]:.0f} MiB after {MEMORY_EARLY} frames, {m[late]:.0f} MiB after "
+        f"{r['long_frames']} (growth {m['growth']:+.1f} MiB)",
+    ]
+    if r.get("cuda_memory_mb"):
+        c = r["cuda_memory_mb"]
+        rows.append(f"cuda        max allocated {c[early]['max_allocated']:.0f} MiB after "
+                    f"{MEMORY_EARLY} frames, {c[late]['max_allocated']:.0f} MiB after {r['long_frames']}")
+    realtime = "yes" if s["fps"] >= s["target_fps"] else "no"
+    rows.append(f"real time   {realtime} (student {s['fps']:.1f} frames/s, game {s['target_fps']} frames/s)")
+    return "\n".join(rows)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default="default", help="world-model folder or name under assets/")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--frames", type=int, default=200, help="student frames timed after warm-up")
+    p.add_argument("--warmup", type=int, default=10, help="student frames before timing")
+    p.add_argument("--long", type=int, default=5000, help="session length for the memory reading")
+    p.add_argument("--teacher", default=None,
+                   help="teacher checkpoint stem; without it the architecture is timed")
+    p.add_argument("--teacher-steps", type=int, default=32)
+    p.add_argument("--teacher-cfg", type=float, default=1.5)
+    p.add_argument("--teacher-frames", type=int, default=4, help="teacher frames timed after one warm-up")
+    p.add_argument("--teacher-clip-len", type=int, default=TEACHER_CLIP_LEN,
+                   help="clip length when no teacher checkpoint says its own")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=1_000_000, help="world seed of the context frames")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def main(args: argparse.Namespace) -> int:
+    result = run(args)
+    print(json.dumps(result) if args.json else table(result))
+    return 0
