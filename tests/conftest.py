@@ -41,3 +41,23 @@ def tiny_pipeline(tmp_path_factory) -> TinyPipeline:
                                      out=str(root / "teacher"), preset="tiny", clip_len=4,
                                      steps=20, batch_size=4, workers=0, ckpt_every=1000))
     return TinyPipeline(data, root / "tok" / "model", root / "teacher" / "model")
+
+
+@pytest.fixture(scope="module")
+def serve_threads():
+    """The torch thread count `wm play` sets for itself (cores / sessions): on two busy
+    cores, more threads make every step wait on the others."""
+    from app import server
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(server.ServeConfig().threads)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An untrained tiny world-model checkpoint for the serving tests."""
+    from worldmodel.session import make_random_checkpoint
+
+    return make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")

@@ -8,10 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from app import pygame_client, server, studio
+from app import pygame_client, studio
 from app.recording import list_recordings
 from app.replay import replay
 from tests.play_helpers import (
@@ -28,21 +27,10 @@ from tests.play_helpers import (
 from worldmodel import cli
 from worldmodel.actions import FIELDS
 from worldmodel.episode import Episode
-from worldmodel.session import WorldSession, make_random_checkpoint
+from worldmodel.session import WorldSession
 
-
-@pytest.fixture(scope="module", autouse=True)
-def torch_threads():
-    """As `wm play` sets them: on two busy cores, more threads make every step wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(server.ServeConfig().threads)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+# as `wm play` sets them: on two busy cores, more threads make every step wait
+pytestmark = pytest.mark.usefixtures("serve_threads")
 
 
 @pytest.fixture(scope="module")

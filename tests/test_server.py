@@ -20,7 +20,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -39,24 +38,13 @@ from tests.play_helpers import (
 )
 from worldmodel import cli
 from worldmodel.episode import Episode
-from worldmodel.session import WorldSession, make_random_checkpoint
+from worldmodel.session import WorldSession
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def torch_threads():
-    """The thread count `wm play` sets for itself (cores / sessions): on two busy cores,
-    more makes every step wait on the others."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(server.ServeConfig().threads)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+# as `wm play` sets them: on two busy cores, more threads make every step wait
+pytestmark = pytest.mark.usefixtures("serve_threads")
 
 
 @pytest.fixture(scope="module")
