@@ -143,7 +143,8 @@ class Run:
 
 
 def plot_log(log_path: Path, png: Path, title: str = "") -> None:
-    """One panel per logged quantity whose name contains 'loss' (or all numbers if none)."""
+    """One panel per logged quantity whose name contains 'loss' or 'gain' (or all numbers if
+    none), over every row that has it."""
     if not log_path.is_file():
         return
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
@@ -154,8 +155,9 @@ def plot_log(log_path: Path, png: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in rows[-1] if "loss" in k] or [
-        k for k in rows[-1] if k != "step" and isinstance(rows[-1][k], (int, float))]
+    numeric = list(dict.fromkeys(
+        k for r in rows for k, v in r.items() if k != "step" and isinstance(v, (int, float))))
+    keys = [k for k in numeric if "loss" in k or "gain" in k] or numeric
     fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.4 * len(keys)), squeeze=False)
     for ax, k in zip(axes[:, 0], keys):
         pts = [(r["step"], r[k]) for r in rows if k in r]

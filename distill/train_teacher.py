@@ -4,8 +4,13 @@
     wm train teacher --data data/tiny --tokenizer runs/tok-tiny/model --out runs/t-tiny --preset tiny --steps 20
 
 Each clip of F frames starts with a random number of clean context frames (t = 0, or a
-little noise so the model tolerates its own imperfect frames as context); every other
-frame gets its own logit-normal noise level. The loss covers only the non-context frames.
+little noise so the model tolerates its own imperfect frames as context); the other frames
+are noised to one logit-normal flow time per clip (`--noise uniform`, the default) or to a
+level of their own each (`--noise independent`, diffusion forcing). The loss covers only
+the non-context frames. Uniform noise is what the teacher meets when it samples and when it
+scores the student's clips in DMD; with independent levels a bidirectional teacher can read
+a noisy frame's motion off its cleaner neighbours, past and future, and learns to ignore
+the actions.
 Actions are dropped for a whole clip with probability `action_dropout`, which trains the
 unconditional branch that classifier-free guidance on actions needs.
 
@@ -54,6 +59,7 @@ class TeacherTrainConfig:
     max_minutes: float = 60.0
     ema_decay: float = 0.999
     shift: float = 3.0
+    noise: str = "uniform"  # "uniform": one flow time per clip; "independent": one per frame
     action_dropout: float = 0.1
     context_noise: float = 0.1
     p_no_context: float = 0.1
@@ -77,6 +83,8 @@ def make_batch(latents: torch.Tensor, actions: torch.Tensor, cfg: TeacherTrainCo
     n_ctx[torch.rand(B, **g) < cfg.p_no_context] = 0
     is_ctx = torch.arange(F)[None, :] < n_ctx[:, None]  # (B, F)
     t = flow.sample_time((B, F), cfg.shift, **g)
+    if cfg.noise == "uniform":
+        t = t[:, :1].expand(B, F)
     t = torch.where(is_ctx, torch.rand(B, F, **g) * cfg.context_noise, t)
     noise = torch.randn(latents.shape, **g)
     keep = torch.rand(B, **g) >= cfg.action_dropout
@@ -85,9 +93,35 @@ def make_batch(latents: torch.Tensor, actions: torch.Tensor, cfg: TeacherTrainCo
     return x_t, t, keep, noise, (~is_ctx).float()
 
 
+@torch.no_grad()
+def action_gain(net: DiT, x0: torch.Tensor, actions: torch.Tensor, mode: str,
+                shift: float) -> float:
+    """How much the model uses the actions, in percent: the drop in flow loss on the last
+    frame of fixed clips (every earlier frame clean, as when sampling) from dropped actions
+    to the real ones, over three noise levels. Near 0 means the actions are ignored."""
+    B, F = x0.shape[:2]
+    g = torch.Generator().manual_seed(0)
+    weight = torch.zeros(B, F, device=x0.device)
+    weight[:, -1] = 1
+    with_a = without = 0.0
+    for u in (0.25, 0.5, 0.75):
+        t = torch.zeros(B, F, device=x0.device)
+        t[:, -1] = flow.shift_time(torch.tensor(u), shift)
+        noise = torch.randn(x0.shape, generator=g).to(x0.device)
+        x_t = flow.add_noise(x0, noise, t)
+        for keep in (True, False):
+            mask = torch.full((B,), keep, device=x0.device)
+            v = net(x_t, t, actions, mode=mode, action_mask=mask)
+            loss = flow.flow_loss(v.float(), x0, noise, weight).item()
+            with_a, without = (with_a + loss, without) if keep else (with_a, without + loss)
+    return 100.0 * (without - with_a) / without
+
+
 def train(cfg: TeacherTrainConfig) -> DiT:
     if cfg.mode not in ("bidirectional", "causal"):
         raise ValueError(f"mode must be bidirectional or causal, got {cfg.mode!r}")
+    if cfg.noise not in ("uniform", "independent"):
+        raise ValueError(f"noise must be uniform or independent, got {cfg.noise!r}")
     d = setup_distributed(cfg.device)
     torch.manual_seed(cfg.seed + d.rank)
     ds = ClipDataset(cfg.data, clip_len=cfg.clip_len, seed=cfg.seed, latents=True)
@@ -115,7 +149,16 @@ def train(cfg: TeacherTrainConfig) -> DiT:
             if checkpoint.exists(cfg.tokenizer) else None}
     loader = iter(DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers,
                              persistent_workers=cfg.workers > 0))
-    step = start
+    probe = [ds.sample(np.random.default_rng(12345 + i)) for i in range(32)]
+    probe_x0 = torch.stack([torch.as_tensor(b["latents"]) for b in probe]).float().to(d.device)
+    probe_a = torch.stack([torch.as_tensor(b["actions"]) for b in probe]).float().to(d.device)
+
+    def save(done: int) -> None:
+        gain = action_gain(net, probe_x0, probe_a, cfg.mode, cfg.shift)
+        run.log({"step": done, "action_gain_pct": gain})
+        run.save(model, opt, ema, done, meta)
+
+    done = start  # steps completed
     for step in loop(start, cfg.steps, cfg.max_minutes, d, kind):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
@@ -133,16 +176,19 @@ def train(cfg: TeacherTrainConfig) -> DiT:
         if step % cfg.log_every == 0:
             run.log({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(),
                      "lr": opt.param_groups[0]["lr"]})
-        if (step + 1) % cfg.ckpt_every == 0:
-            run.save(model, opt, ema, step + 1, meta)
-    run.save(model, opt, ema, step + 1, meta)
+        done = step + 1
+        if done % cfg.ckpt_every == 0:
+            save(done)
+    if done % cfg.ckpt_every or done == start:
+        save(done)
     print0(f"{kind} saved to {run.out}/model.safetensors")
     return ema.model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, TeacherTrainConfig(), choices={
-        "preset": sorted(PRESETS), "mode": ["bidirectional", "causal"]})
+        "preset": sorted(PRESETS), "mode": ["bidirectional", "causal"],
+        "noise": ["uniform", "independent"]})
 
 
 def main(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import torch
 from worldmodel.attention import attention, available_backends, frame_block_mask
 from worldmodel.model import (
     DiT,
+    action_features,
     apply_rope,
     frame_mask,
     get_config,
@@ -108,6 +109,16 @@ def test_action_mask_replaces_action_by_null():
     keep = torch.ones(2, 3, dtype=torch.bool)
     assert torch.equal(model(x, t, a, action_mask=keep), model(x, t, a))
     assert not torch.allclose(model(x, t, a), model(x, t, a2))
+
+
+def test_action_features_make_small_mouse_moves_visible():
+    a = torch.zeros(3, 8)
+    a[1, 6], a[2, 6] = 0.02, -0.02  # a small yaw either way
+    f = action_features(a, 8)
+    assert f.shape == (3, 8 + 2 * 2 * 8)
+    assert torch.equal(f[:, :8], a)  # the vector itself comes first
+    assert (f[1] - f[0]).abs().max() > 0.5 and (f[1] - f[2]).abs().max() > 0.5
+    assert torch.equal(action_features(a, 0), a)
 
 
 def test_patchify_round_trip():

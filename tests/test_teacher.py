@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distill.sample import dream_teacher, load_teacher, parse_script, play_game
-from distill.train_teacher import TeacherTrainConfig, make_batch
+from distill.train_teacher import TeacherTrainConfig, action_gain, make_batch
 from distill.train_teacher import train as train_teacher
 from worldmodel import flow
 from worldmodel.actions import Action
@@ -47,13 +47,48 @@ def test_make_batch_context_is_clean_and_unweighted():
     assert (ctx.int().diff(dim=1) <= 0).all()
 
 
+def test_make_batch_noise_uniform_or_per_frame():
+    x0 = torch.randn(64, 6, 4, 4, 4)
+    for noise, same in (("uniform", True), ("independent", False)):
+        cfg = TeacherTrainConfig(noise=noise, p_no_context=0.0)
+        _, t, _, _, weight = make_batch(x0, torch.zeros(64, 6, 8), cfg,
+                                        torch.Generator().manual_seed(2))
+        rows = weight[:, -2] > 0  # clips whose last two frames are both targets
+        assert rows.any()
+        assert bool((t[rows, -2] == t[rows, -1]).all()) is same
+        assert bool((t[rows, -2] != t[rows, -1]).all()) is not same
+
+
+def test_action_gain_tells_a_model_that_uses_actions_from_one_that_ignores_them():
+    torch.manual_seed(0)
+    model = DiT(get_config("tiny"))
+    actions = torch.zeros(32, 4, 8)
+    actions[:, :, 0] = torch.randint(0, 2, (32, 4)).float() * 2 - 1  # forward or back
+    x0 = torch.randn(32, 4, 4, 4, 4) * 0.1
+    x0[:, -1] += actions[:, -1, 0, None, None, None]  # the last frame is set by its action
+    assert abs(action_gain(model, x0, actions, "bidirectional", 3.0)) < 1e-6  # untrained
+    cfg = TeacherTrainConfig(action_dropout=0.2, p_no_context=0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for i in range(150):
+        x_t, t, keep, noise, weight = make_batch(x0, actions, cfg,
+                                                 torch.Generator().manual_seed(i))
+        loss = flow.flow_loss(model(x_t, t, actions, mode="bidirectional", action_mask=keep),
+                              x0, noise, weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert action_gain(model, x0, actions, "bidirectional", 3.0) > 10
+
+
 def test_pipeline_checkpoints_round_trip(tiny_pipeline):
     tok = load_tokenizer(tiny_pipeline.tokenizer)
     model, meta = load_teacher(tiny_pipeline.teacher)
     assert meta["kind"] == "teacher" and meta["mode"] == "bidirectional" and meta["step"] == 20
     assert tok.cfg.frame_size == 32
     log = [json.loads(line) for line in (tiny_pipeline.teacher.parent / "log.jsonl").open()]
-    assert log and all(np.isfinite(r["loss"]) for r in log)
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert losses and all(np.isfinite(losses))
+    assert any("action_gain_pct" in r for r in log)
     assert (tiny_pipeline.teacher.parent / "loss.png").stat().st_size > 1000
 
 

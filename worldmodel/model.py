@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from worldmodel.actions import ACTION_DIM
+from worldmodel.actions import ACTION_DIM, KEYS
 from worldmodel.attention import attention, dense_block_mask, frame_block_mask
 
 
@@ -43,6 +43,7 @@ class DiTConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     action_dim: int = ACTION_DIM
+    action_freqs: int = 8  # sinusoids per camera axis (see `action_features`)
     max_frames: int = 16  # the clip length the preset is meant to train on; nothing is sized by it
     qk_norm: bool = True
     rope_theta: float = 10000.0
@@ -92,6 +93,19 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
     args = 1000.0 * t.float()[..., None] * freqs  # scaled so that small steps in t are visible
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def action_features(actions: Tensor, freqs: int) -> Tensor:
+    """Action vectors (..., A) -> (..., A + 4 * freqs * cameras): the vector itself, then each
+    camera axis as sines and cosines at `freqs` frequencies from 1 to 100. Most frames move
+    the mouse by a few hundredths, which as a raw input the network barely notices; at
+    these frequencies even such small values give features of order one."""
+    if freqs == 0:
+        return actions
+    cam = actions[..., len(KEYS):].float()  # (..., cameras)
+    f = torch.logspace(0, 2, freqs, device=actions.device)  # 1 .. 100
+    args = (cam[..., None] * f).flatten(-2)  # (..., cameras * freqs)
+    return torch.cat([actions.float(), torch.sin(args), torch.cos(args)], dim=-1)
 
 
 def frame_mask(
@@ -307,7 +321,8 @@ class DiT(nn.Module):
         D, p = cfg.dim, cfg.patch_size
         self.patch_embed = nn.Linear(p * p * cfg.latent_channels, D)
         self.t_embed = nn.Sequential(nn.Linear(cfg.freq_dim, D), nn.SiLU(), nn.Linear(D, D))
-        self.a_embed = nn.Sequential(nn.Linear(cfg.action_dim, D), nn.SiLU(), nn.Linear(D, D))
+        n_action = action_features(torch.zeros(cfg.action_dim), cfg.action_freqs).shape[-1]
+        self.a_embed = nn.Sequential(nn.Linear(n_action, D), nn.SiLU(), nn.Linear(D, D))
         self.null_action = nn.Parameter(torch.zeros(D))  # stands in for a dropped action (CFG)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(cfg)
@@ -318,9 +333,10 @@ class DiT(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        for mlp in (self.t_embed, self.a_embed):
-            nn.init.normal_(mlp[0].weight, std=0.02)
-            nn.init.normal_(mlp[2].weight, std=0.02)
+        # Flow time as in DiT. The action embedding keeps its Xavier start: small action
+        # features next to a large time embedding would leave the actions unheard for long.
+        nn.init.normal_(self.t_embed[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed[2].weight, std=0.02)
         nn.init.normal_(self.null_action, std=0.02)
         # AdaLN-Zero: every block starts as the identity and the output as zero velocity.
         for ada in [b.ada for b in self.blocks] + [self.final.ada]:
@@ -338,7 +354,7 @@ class DiT(nn.Module):
         dtype = self.patch_embed.weight.dtype
         tokens = self.patch_embed(patchify(x, self.cfg.patch_size).to(dtype))  # (B, F, N, D)
         c = self.t_embed(timestep_embedding(t, self.cfg.freq_dim).to(dtype))  # (B, F, D)
-        a = self.a_embed(actions.to(dtype))  # (B, F, D)
+        a = self.a_embed(action_features(actions, self.cfg.action_freqs).to(dtype))  # (B, F, D)
         if action_mask is not None:
             keep = action_mask.reshape(actions.shape[0], -1, 1).bool()  # (B, F or 1, 1)
             a = torch.where(keep, a, self.null_action.to(dtype))
