@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from distill.common import (
     EMA,
@@ -103,18 +103,17 @@ def action_gain(net: DiT, x0: torch.Tensor, actions: torch.Tensor, mode: str,
     g = torch.Generator().manual_seed(0)
     weight = torch.zeros(B, F, device=x0.device)
     weight[:, -1] = 1
-    with_a = without = 0.0
+    loss = {True: 0.0, False: 0.0}  # summed over the levels, with and without the actions
     for u in (0.25, 0.5, 0.75):
         t = torch.zeros(B, F, device=x0.device)
         t[:, -1] = flow.shift_time(torch.tensor(u), shift)
         noise = torch.randn(x0.shape, generator=g).to(x0.device)
         x_t = flow.add_noise(x0, noise, t)
-        for keep in (True, False):
+        for keep in loss:
             mask = torch.full((B,), keep, device=x0.device)
             v = net(x_t, t, actions, mode=mode, action_mask=mask)
-            loss = flow.flow_loss(v.float(), x0, noise, weight).item()
-            with_a, without = (with_a + loss, without) if keep else (with_a, without + loss)
-    return 100.0 * (without - with_a) / without
+            loss[keep] += flow.flow_loss(v.float(), x0, noise, weight).item()
+    return 100.0 * (loss[False] - loss[True]) / loss[False]
 
 
 def train(cfg: TeacherTrainConfig) -> DiT:
@@ -149,9 +148,8 @@ def train(cfg: TeacherTrainConfig) -> DiT:
             if checkpoint.exists(cfg.tokenizer) else None}
     loader = iter(DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers,
                              persistent_workers=cfg.workers > 0))
-    probe = [ds.sample(np.random.default_rng(12345 + i)) for i in range(32)]
-    probe_x0 = torch.stack([torch.as_tensor(b["latents"]) for b in probe]).float().to(d.device)
-    probe_a = torch.stack([torch.as_tensor(b["actions"]) for b in probe]).float().to(d.device)
+    probe = default_collate([ds.sample(np.random.default_rng(12345 + i)) for i in range(32)])
+    probe_x0, probe_a = probe["latents"].to(d.device), probe["actions"].to(d.device)
 
     def save(done: int) -> None:
         gain = action_gain(net, probe_x0, probe_a, cfg.mode, cfg.shift)
