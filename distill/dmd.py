@@ -17,8 +17,14 @@ follows the difference of their x0 predictions, normalised per clip (DMD2):
 
     grad = (x0_fake - x0_real) / mean|x - x0_real|,   loss = 0.5 * mse(x, (x - grad).detach())
 
+With rollout_frames beyond the clip, the student plays on until its cache holds only its own
+frames, as it does a few frames into a session, and the scores see the last clip_len frames:
+the student's own earlier frames as clean context, then the frames that carry gradient.
+This trains the student where it plays, not only next to real context.
+
 Logged: gen_loss, critic_loss, dmd_grad_norm (RMS of grad), and real_x0_loss, the MSE of the
-student's frames against the real frames of the clip, a cheap check that it does not drift.
+student's whole rollout against the real frames of the clip, a cheap check that it does not
+drift.
 The run folder's model.safetensors is the EMA of the generator, a student checkpoint.
 """
 
@@ -47,7 +53,12 @@ class DmdConfig:
     teacher: str = "runs/teacher/model"  # real score, and the critic's starting point
     student: str = "runs/student-init/model"
     out: str = "runs/student-dmd"
-    clip_len: int = 8  # context (the student's context_length) + generated frames
+    clip_len: int = 8  # frames the scores see: context (the student's context_length) + scored
+    # Frames each rollout generates; 0 = clip_len - context_length. Longer rollouts play on
+    # past the point where the student's cache holds only its own frames, as it does after a
+    # few frames of play; the last clip_len frames are scored and only their generated
+    # frames carry gradient.
+    rollout_frames: int = 0
     batch_size: int = 4
     gen_lr: float = 2e-5
     critic_lr: float = 2e-5
@@ -71,7 +82,7 @@ class DmdConfig:
 PRESETS: dict[str, DmdConfig] = {
     "tiny": DmdConfig(data="data/tiny", teacher="runs/t-tiny/model",
                       student="runs/init-tiny/model", out="runs/dmd-tiny", clip_len=4,
-                      batch_size=2, gen_lr=1e-4, critic_lr=1e-4, critic_steps=2, steps=3,
+                      rollout_frames=4, batch_size=2, gen_lr=1e-4, critic_lr=1e-4, critic_steps=2, steps=3,
                       max_minutes=2.0, log_every=1, ckpt_every=2),
     "cpu": DmdConfig(steps=600, max_minutes=40.0, ckpt_every=25),
     "gpu": DmdConfig(batch_size=16, gen_lr=1e-5, critic_lr=1e-5, steps=3000, max_minutes=240.0,
@@ -80,16 +91,20 @@ PRESETS: dict[str, DmdConfig] = {
 
 
 def rollout(student: DiT, context: torch.Tensor, actions: torch.Tensor, sampler: StudentConfig,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, grad_frames: int | None = None
+            ) -> torch.Tensor:
     """Self-Forcing: the student generates the frames after `context` as it does at play time.
 
     context (B, Fc, C, h, w) clean; actions (B, Fc + N, A). Each chunk runs the sampler's steps
     up to a random exit step and returns that step's x0 prediction: every step has to land
     on the data, and one step with gradient per frame keeps the graph as small as a single
-    forward per frame. Under grad mode only the exit step records a graph. Returns
-    (B, N, C, h, w).
+    forward per frame. Under grad mode only the exit step records a graph. With grad_frames
+    set, the frames before the last grad_frames are played as at inference (all steps, no
+    graph) and only the last ones exit early. Returns (B, N, C, h, w).
     """
     grad = torch.is_grad_enabled()
+    n_gen = actions.shape[1] - context.shape[1]
+    first_scored = context.shape[1] + n_gen - (n_gen if grad_frames is None else grad_frames)
     B, Fc = context.shape[:2]
     play = StudentSampler(student, sampler, B)
     play.prefill(context, actions[:, :Fc])
@@ -98,11 +113,15 @@ def rollout(student: DiT, context: torch.Tensor, actions: torch.Tensor, sampler:
     for s in range(Fc, actions.shape[1], sampler.chunk):
         a = actions[:, s:s + sampler.chunk]
         c = a.shape[1]
-        exit_step = int(torch.randint(len(ts), (1,), generator=generator, device=dev))
+        history = s < first_scored  # played as at inference, with the same random draws
+        if history:
+            exit_step = len(ts) - 1
+        else:
+            exit_step = int(torch.randint(len(ts), (1,), generator=generator, device=dev))
         x = torch.randn((B, c, *context.shape[2:]), generator=generator, device=dev, dtype=dtype)
         for k in range(exit_step + 1):
             t = torch.full((B, c), ts[k], device=dev, dtype=dtype)
-            with torch.set_grad_enabled(grad and k == exit_step):
+            with torch.set_grad_enabled(grad and k == exit_step and not history):
                 x0 = flow.predict_x0(x, student.forward_step(x, t, a, play.cache), t)
             if k < exit_step:
                 x = flow.renoise(x0, ts[k + 1], generator)
@@ -171,6 +190,11 @@ def train(cfg: DmdConfig) -> DiT:
     if cfg.clip_len <= sampler.context_length:
         raise ValueError(f"clip_len {cfg.clip_len} leaves no frame after the student's "
                          f"{sampler.context_length} context frames")
+    scored = cfg.clip_len - sampler.context_length  # generated frames the scores see
+    n_roll = cfg.rollout_frames or scored
+    if n_roll < scored:
+        raise ValueError(f"rollout_frames {cfg.rollout_frames} is shorter than the "
+                         f"{scored} scored frames of a {cfg.clip_len}-frame clip")
     mode, shift = t_meta["mode"], t_meta["shift"]
     gen.train().requires_grad_(True)
     critic = copy.deepcopy(teacher).train().requires_grad_(True)
@@ -189,7 +213,8 @@ def train(cfg: DmdConfig) -> DiT:
                 "tokenizer_hash": s_meta.get("tokenizer_hash")}
 
     # a resumed run draws other clips than the ones it has already trained on
-    ds = ClipDataset(cfg.data, clip_len=cfg.clip_len, seed=cfg.seed + start, latents=True)
+    ds = ClipDataset(cfg.data, clip_len=sampler.context_length + n_roll, seed=cfg.seed + start,
+                     latents=True)
     ds.rank = d.rank
     loader = iter(DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers,
                              persistent_workers=cfg.workers > 0))
@@ -200,6 +225,14 @@ def train(cfg: DmdConfig) -> DiT:
         lat = batch["latents"].to(d.device)
         return lat[:, :Fc], batch["actions"].to(d.device), lat[:, Fc:]
 
+    def play(context, actions):
+        """Roll out; returns the scored window: its clean context (real frames, or the
+        student's own after a long rollout), the generated frames, their actions, and the
+        whole rollout."""
+        x = rollout(gen, context, actions, sampler, grad_frames=scored)
+        seq = torch.cat([context, x], 1)[:, -cfg.clip_len:]
+        return seq[:, :Fc].detach(), x[:, -scored:], actions[:, -cfg.clip_len:], x
+
     def update(net: nn.Module, loss: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -208,27 +241,26 @@ def train(cfg: DmdConfig) -> DiT:
         opt.step()
 
     print0(f"DMD: student {cfg.student} ({count_params(gen) / 1e6:.2f}M params), {mode} "
-           f"teacher {cfg.teacher} with CFG {cfg.cfg_scale}, clips of {Fc} context + "
-           f"{cfg.clip_len - Fc} generated frames, window {sampler.window}, sinks "
+           f"teacher {cfg.teacher} with CFG {cfg.cfg_scale}, rollouts of {n_roll} frames "
+           f"after {Fc} context frames, the last {cfg.clip_len} scored, window {sampler.window}, sinks "
            f"{sampler.sinks}, {cfg.critic_steps} critic updates per generator update")
     stats: dict[str, list[float]] = {}
     done = start
     for step in loop(start, cfg.steps, cfg.max_minutes, d, "dmd"):
         for _ in range(cfg.critic_steps):
-            context, actions, _ = next_clip()
             with torch.no_grad():
-                x = rollout(gen, context, actions, sampler)
+                context, x, actions, _ = play(*next_clip()[:2])
             loss_c = critic_loss(critic, context, x, actions, cfg, shift, mode)
             update(critic, loss_c)
             stats.setdefault("critic_loss", []).append(loss_c.item())
         context, actions, real = next_clip()
-        x = rollout(gen, context, actions, sampler)
+        context, x, actions, whole = play(context, actions)
         loss_g, grad_norm = dmd_loss(x, context, actions, teacher, critic, cfg, shift, mode)
         update(gen, loss_g)
         ema.update(gen, step)
         done = step + 1
         for k, v in (("gen_loss", loss_g), ("dmd_grad_norm", grad_norm),
-                     ("real_x0_loss", F.mse_loss(x.detach().float(), real.float()))):
+                     ("real_x0_loss", F.mse_loss(whole.detach().float(), real.float()))):
             stats.setdefault(k, []).append(v.item())
         if done % cfg.log_every == 0:
             run.log({"step": done} | {k: sum(v) / len(v) for k, v in stats.items()})

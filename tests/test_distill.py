@@ -18,7 +18,7 @@ from worldmodel import checkpoint, flow
 from worldmodel.actions import Action
 from worldmodel.episode import EpisodeWriter
 from worldmodel.model import DiT, get_config
-from worldmodel.sampling import StudentConfig, teacher_rollout
+from worldmodel.sampling import StudentConfig, StudentSampler, teacher_rollout
 from worldmodel.session import WorldSession
 from worldmodel.tokenizer import TOKENIZER_PRESETS, Tokenizer
 
@@ -144,6 +144,22 @@ def test_dmd_pieces():
     with torch.no_grad():
         x = rollout(student, context, act, sampler, torch.Generator().manual_seed(0))
     assert not x.requires_grad
+
+    # a long rollout plays its history as at inference, without a graph: only the last
+    # grad_frames frames reach the weights
+    long = rollout(student, context, act, sampler, torch.Generator().manual_seed(0),
+                   grad_frames=1)
+    w = student.final.linear.weight
+    g_hist, = torch.autograd.grad(long[:, :-1].sum(), w, retain_graph=True)
+    g_last, = torch.autograd.grad(long[:, -1:].sum(), w)
+    assert g_hist.abs().sum() == 0 and g_last.abs().sum() > 0
+    play = StudentSampler(student, sampler, 2)
+    with torch.no_grad():
+        play.prefill(context, act[:, :2])
+        first = play.step(act[:, 2:3], torch.Generator().manual_seed(5))
+        played = rollout(student, context, act[:, :3], sampler,
+                         torch.Generator().manual_seed(5), grad_frames=0)
+    torch.testing.assert_close(played, first)  # history frames are the sampler's own frames
 
     # a critic equal to the teacher, with no guidance, gives exactly no DMD gradient
     critic = copy.deepcopy(teacher).train().requires_grad_(True)
