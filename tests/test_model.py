@@ -20,6 +20,7 @@ from worldmodel.model import (
     rope_tables,
     unpatchify,
 )
+from worldmodel.sampling import StudentConfig, StudentSampler
 
 A = 8  # action dim
 
@@ -407,3 +408,24 @@ def test_forward_step_trains_through_the_current_chunk():
     )
     loss.backward()
     assert model.patch_embed.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("window,chunk", [(3, 1), (4, 1), (5, 2)])
+def test_fused_cache_write_equals_a_separate_pass(window, chunk):
+    """The sampler caches each generated chunk inside the next chunk's first denoising pass;
+    the frames are those of a separate write pass, over a session long enough to wrap the
+    ring many times."""
+    model = make_model()
+    assert not StudentSampler(model, StudentConfig(sinks=1)).fuse_write  # see its docstring
+    cfg = StudentConfig(window=window, chunk=chunk, context_length=2)
+    x, _, a = make_inputs(model, B=2, F=2 + 12 * chunk)
+    frames = {}
+    for fuse in (False, True):
+        play = StudentSampler(model, cfg, batch_size=2, fuse_write=fuse)
+        play.prefill(x[:, :2], a[:, :2])
+        g = torch.Generator().manual_seed(0)
+        frames[fuse] = torch.cat([play.step(a[:, i:i + chunk], g)
+                                  for i in range(2, a.shape[1], chunk)], 1)
+        assert play.cache.frames == a.shape[1] - (chunk if fuse else 0)
+    assert frames[True].abs().mean() > 0.1
+    torch.testing.assert_close(frames[True], frames[False], atol=1e-9, rtol=0)

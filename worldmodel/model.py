@@ -424,14 +424,15 @@ class DiT(nn.Module):
         actions: Tensor,
         cache: KVCache,
         *,
-        write: bool = False,
+        write: bool | int = False,
         action_mask: Tensor | None = None,
     ) -> Tensor:
         """Velocity for a chunk of new frames given the cached past.
 
         x (B, Fc, C, h, w) at flow times t (B, Fc), actions (B, Fc, A). The chunk attends to
         the cache and frame-causally to itself. write=True appends the chunk's keys and values
-        to the cache afterwards (call it with the clean frames at t = 0). Returns (B, Fc, C, h, w).
+        to the cache afterwards (call it with the clean frames at t = 0); write=n appends
+        those of the first n frames only. Returns (B, Fc, C, h, w).
         """
         cfg = self.cfg
         B, Fc, C, h, w = x.shape
@@ -446,7 +447,8 @@ class DiT(nn.Module):
             tokens, kv = block(tokens, c, rope_q, rope_k, mask, cache.past(layer))
             new_kv.append(kv)
         if write:
-            cache.append(new_kv)
+            n = (Fc if write is True else int(write)) * cfg.tokens_per_frame
+            cache.append([(k[:, :, :n], v[:, :, :n]) for k, v in new_kv])
         out = self.final(tokens, c)  # (B, Fc, N, p*p*C)
         return unpatchify(out, cfg.patch_size, h, w)
 
