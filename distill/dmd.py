@@ -103,25 +103,23 @@ def rollout(student: DiT, context: torch.Tensor, actions: torch.Tensor, sampler:
     graph) and only the last ones exit early. Returns (B, N, C, h, w).
     """
     grad = torch.is_grad_enabled()
-    n_gen = actions.shape[1] - context.shape[1]
-    first_scored = context.shape[1] + n_gen - (n_gen if grad_frames is None else grad_frames)
     B, Fc = context.shape[:2]
-    play = StudentSampler(student, sampler, B)
+    first_scored = Fc if grad_frames is None else actions.shape[1] - grad_frames
+    play = StudentSampler(student, sampler, B, fuse_write=False)
     play.prefill(context, actions[:, :Fc])
     ts, dev, dtype = play.timesteps, context.device, context.dtype
     out = []
     for s in range(Fc, actions.shape[1], sampler.chunk):
         a = actions[:, s:s + sampler.chunk]
+        if s < first_scored:  # history: played as at inference, without a graph
+            out.append(play.step(a, generator))
+            continue
         c = a.shape[1]
-        history = s < first_scored  # played as at inference, with the same random draws
-        if history:
-            exit_step = len(ts) - 1
-        else:
-            exit_step = int(torch.randint(len(ts), (1,), generator=generator, device=dev))
+        exit_step = int(torch.randint(len(ts), (1,), generator=generator, device=dev))
         x = torch.randn((B, c, *context.shape[2:]), generator=generator, device=dev, dtype=dtype)
         for k in range(exit_step + 1):
             t = torch.full((B, c), ts[k], device=dev, dtype=dtype)
-            with torch.set_grad_enabled(grad and k == exit_step and not history):
+            with torch.set_grad_enabled(grad and k == exit_step):
                 x0 = flow.predict_x0(x, student.forward_step(x, t, a, play.cache), t)
             if k < exit_step:
                 x = flow.renoise(x0, ts[k + 1], generator)
