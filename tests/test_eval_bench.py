@@ -64,6 +64,10 @@ def test_bench_json(tmp_path, capsys):
     for key in ("dtype", "attention", "torch", "cpu", "threads"):
         assert r[key], key
     assert r["threads"] == 1
+    assert r["sampler"]["fuse_write"] is True
+    r = run_json(capsys, "bench", "--checkpoint", ck, "--frames", 5, "--long", 100,
+                 "--threads", 1, "--separate-write", "--json")
+    assert r["sampler"]["fuse_write"] is False and r["student"]["fps"] > 0
 
 
 def test_bench_times_a_real_teacher(tmp_path, capsys, tiny_pipeline):

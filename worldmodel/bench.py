@@ -231,6 +231,8 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit("wm bench: --frames and --teacher-frames must be positive")
     folder = resolve_checkpoint(args.checkpoint)
     session = WorldSession.from_checkpoint(folder, device=str(device))
+    if args.separate_write:
+        session.sampler.fuse_write = False
     torch.manual_seed(args.seed)
     p = next(session.model.parameters())
     cfg, scfg = session.model.cfg, session.sampler.cfg
@@ -244,7 +246,8 @@ def run(args: argparse.Namespace) -> dict:
                       "heads": cfg.heads, "tokens_per_frame": cfg.tokens_per_frame,
                       "latent": [cfg.latent_channels, cfg.latent_size, cfg.latent_size]},
             "sampler": {"steps": scfg.steps, "window": scfg.window, "sinks": scfg.sinks,
-                        "chunk": scfg.chunk, "context_length": scfg.context_length}}
+                        "chunk": scfg.chunk, "context_length": scfg.context_length,
+                        "fuse_write": session.sampler.fuse_write}}
 
     student = bench_student(session, args.frames, args.warmup, args.long, args.seed)
     out["student"] = student["student"] | {"target_fps": session.fps}
@@ -324,6 +327,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="clip length when no teacher checkpoint says its own")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=1_000_000, help="world seed of the context frames")
+    p.add_argument("--separate-write", action="store_true",
+                   help="cache each frame with a pass of its own, not inside the next frame's "
+                        "first step (to measure what the fused write saves)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
