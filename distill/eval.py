@@ -20,6 +20,12 @@ reads consecutive frames of each stream and guesses the commanded action. Its sc
 real frames is the reference; on the student's frames it says whether the pictures move
 as the actions say. Loaded from --idm, or trained there first if absent (or --train-idm).
 
+Counterfactual actions (--response-frames, 0 skips). From a still context, every stream plays
+each probe action (none, forward, yaw+1, yaw-1) from the same seed, and each rollout is
+scored against the game under every probe. A stream "follows" a probe when its rollout under
+it is closer to the game under it than its rollouts under the other probes are: the
+question is whether walking and turning change the picture as they change the game.
+
 Stability. One long student session (--stability-frames) next to the real game under the
 same explorer actions: per-frame brightness, contrast, sharpness and colour-histogram
 distance, plotted against time, and a `collapsed` verdict from the rules in CollapseRules
@@ -73,6 +79,7 @@ class EvalConfig:
     teacher_steps: int = 32
     teacher_cfg: float = 1.5
     stability_frames: int = 2000
+    response_frames: int = 8  # frames per probe action in the counterfactual test; 0: skip it
     idm: str = "runs/idm/model"
     train_idm: bool = False
     idm_preset: str = "default"
@@ -422,6 +429,20 @@ def write_report(r: dict, rules: CollapseRules, path: Path) -> None:
     lines += ["", "![stability](stability.png)", "",
               "Snapshots through the session (top: real game, bottom: student): "
               "![snapshots](stability_frames.png)", ""]
+    if "response" in r:
+        resp = r["response"]
+        lines += [
+            "## Counterfactual actions: does each action change the picture the way it changes the game?", "",
+            f"From a still context, each stream plays each probe action for {resp['frames']} frames "
+            f"(same seed), in each of {len(resp['worlds'])} world(s). A stream *follows* a probe in a "
+            "world when its rollout under that probe is closer (mean PSNR) to the game under it than "
+            "its rollouts under the other probes are; the margin is that PSNR difference in dB. A "
+            "picture that ignores the actions follows none.", "",
+            "| stream | " + " | ".join(f"{p} followed (margin dB)" for p in resp["probes"]) + " |",
+            "|---" * (len(resp["probes"]) + 1) + "|"]
+        for n, v in resp["streams"].items():
+            lines.append(f"| {n} | " + " | ".join(
+                f"{v['followed'][p]:.2f} ({v['margin_db'][p]:+.2f})" for p in resp["probes"]) + " |")
     path.write_text("\n".join(lines))
 
 
@@ -470,6 +491,53 @@ def fidelity(streams: dict, rollouts: list[Rollout], ctx: int, tok: Tokenizer, c
     return curves, idm_pred, idm_act, first
 
 
+# ---------------------------------------------------------------------------- response
+
+PROBES = {"none": Action(), "forward": Action(forward=True),
+          "yaw+": Action(yaw=1.0), "yaw-": Action(yaw=-1.0)}
+
+
+def response(streams: dict, cfg: EvalConfig, size: int, ctx: int, tok: Tokenizer) -> dict:
+    """Counterfactual actions: from the same still context and the same seed, each stream plays
+    every probe action for `response_frames` frames, and each rollout is scored (mean PSNR)
+    against the game under every probe. A stream follows probe A in a world when its rollout
+    under A is closer to the game under A than its rollouts under the other probes are, so a
+    picture that ignores the actions (the baseline) follows none, however sharp it is."""
+    n, names = cfg.response_frames, list(PROBES)
+    script = [Action()] * (ctx - 1)
+    worlds = range(cfg.seed_start, cfg.seed_start + cfg.seeds)
+    games = {(w, p): play_game(w, size, ctx + n, script + [a] * n) for w in worlds
+             for p, a in PROBES.items()}
+    out = {}
+    for name, model in {"real": None, **streams}.items():
+        if name == "tokenizer":
+            continue
+        psnrs = np.zeros((len(worlds), len(names), len(names)))  # world, played, game
+        for i, w in enumerate(worlds):
+            for j, p in enumerate(names):
+                frames, actions = games[w, p]
+                if name == "real":
+                    gen = frames[ctx:]
+                elif name == "baseline":
+                    gen = np.repeat(frames[ctx - 1:ctx], n, axis=0)
+                elif name == "teacher":
+                    teacher, meta = model
+                    gen = dream_teacher(teacher, meta, tok, frames, actions, ctx, cfg.teacher_steps,
+                                        cfg.teacher_cfg, seed=w)
+                else:
+                    gen = session_rollout(model, Rollout(w, 0, frames, actions), ctx)
+                for k, q in enumerate(names):
+                    psnrs[i, j, k] = psnr(gen, games[w, q][0][ctx:]).mean()
+        diag = psnrs[:, range(len(names)), range(len(names))]  # [world, probe]
+        other = np.stack([np.delete(psnrs[:, :, k], k, axis=1).max(1) for k in range(len(names))], 1)
+        out[name] = {"psnr": {p: {q: float(psnrs[:, j, k].mean()) for k, q in enumerate(names)}
+                              for j, p in enumerate(names)},
+                     "followed": {p: float((diag[:, k] > other[:, k]).mean()) for k, p in enumerate(names)},
+                     "margin_db": {p: float((diag[:, k] - other[:, k]).mean()) for k, p in enumerate(names)}}
+        log(f"response: {name} follows " + ", ".join(f"{p} {v:.2f}" for p, v in out[name]["followed"].items()))
+    return {"frames": n, "worlds": list(worlds), "probes": names, "streams": out}
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     t_start = time.monotonic()
     if cfg.threads:
@@ -479,8 +547,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     horizons = sorted(set(cfg.horizons))
     if not horizons or horizons[0] < 1:
         raise ValueError(f"horizons must be positive frame counts, got {cfg.horizons}")
-    if cfg.seeds < 1 or cfg.rollouts < 1 or cfg.stability_frames < 2:
-        raise ValueError("need --seeds >= 1, --rollouts >= 1 and --stability-frames >= 2")
+    if cfg.seeds < 1 or cfg.rollouts < 1 or cfg.stability_frames < 2 or cfg.response_frames < 0:
+        raise ValueError("need --seeds >= 1, --rollouts >= 1, --stability-frames >= 2 and "
+                         "--response-frames >= 0")
     if cfg.seed_start < EVAL_SEED_START:
         log(f"warning: worlds below {EVAL_SEED_START} may be in the training data")
     H = horizons[-1]
@@ -542,6 +611,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     rows = ["real"] + [m for m in MODELS if m in first and m != "baseline"]
     save_grid([(n, first[n][cols]) for n in rows], out / "rollout_frames.png",
               scale=max(1, 128 // size))
+
+    if cfg.response_frames:
+        result["response"] = response(streams, cfg, size, ctx, tok)
 
     rules = CollapseRules()
     stab, long_pairs = stability(session, cfg, ctx, idm_model, rules, out)
@@ -655,6 +727,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-steps", type=int, default=d.teacher_steps)
     p.add_argument("--teacher-cfg", type=float, default=d.teacher_cfg)
     p.add_argument("--stability-frames", type=int, default=d.stability_frames)
+    p.add_argument("--response-frames", type=int, default=d.response_frames,
+                   help="frames per probe action (none, forward, yaw+, yaw-) in the counterfactual "
+                        "test; 0 skips it")
     p.add_argument("--idm", default=d.idm, help="inverse-dynamics model stem (trained there if absent)")
     p.add_argument("--train-idm", action="store_true", help="train the IDM even if one exists")
     p.add_argument("--idm-preset", default=d.idm_preset, choices=sorted(IDM_PRESETS))
@@ -674,7 +749,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         checkpoint=args.checkpoint, teacher=args.teacher, student_init=args.student_init,
         tokenizer=args.tokenizer, seeds=args.seeds, rollouts=args.rollouts, horizons=horizons,
         seed_start=args.seed_start, teacher_steps=args.teacher_steps, teacher_cfg=args.teacher_cfg,
-        stability_frames=args.stability_frames, idm=args.idm, train_idm=args.train_idm,
+        stability_frames=args.stability_frames, response_frames=args.response_frames, idm=args.idm, train_idm=args.train_idm,
         idm_preset=args.idm_preset, idm_steps=args.idm_steps, out=args.out, device=args.device,
         threads=args.threads)
 

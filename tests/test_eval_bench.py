@@ -226,3 +226,24 @@ def test_collapse_rules_are_written_out():
     text = " ".join(CollapseRules().describe())
     for word in ("blurred", "noisy", "flat", "saturated", "off-palette", "frozen"):
         assert word in text
+
+
+def test_counterfactual_response_of_the_game_and_of_a_frozen_picture(tmp_path, capsys):
+    ck = make_random_checkpoint(tmp_path / "wm")
+    r = run_json(capsys, *eval_args(tmp_path, ck, "--response-frames", 3))
+    resp = r["response"]
+    assert resp["probes"] == ["none", "forward", "yaw+", "yaw-"] and resp["frames"] == 3
+    assert set(resp["streams"]) == {"real", "baseline", "student"}
+    real, frozen = resp["streams"]["real"], resp["streams"]["baseline"]
+    # the game itself follows every probe; a picture that ignores the actions follows none
+    assert all(v == 1.0 for v in real["followed"].values())
+    assert all(v > 0 for v in real["margin_db"].values())
+    assert all(v == 0.0 for v in frozen["followed"].values())
+    assert all(v == 0.0 for v in frozen["margin_db"].values())
+    for p in resp["probes"]:
+        assert real["psnr"][p][p] == 100.0  # identical frames
+        for q in resp["probes"]:
+            assert math.isfinite(r["response"]["streams"]["student"]["psnr"][p][q])
+    assert "Counterfactual actions" in (tmp_path / "eval" / "report.md").read_text()
+    r = run_json(capsys, *eval_args(tmp_path, ck, "--response-frames", 0))
+    assert "response" not in r
