@@ -22,9 +22,8 @@ as the actions say. Loaded from --idm, or trained there first if absent (or --tr
 
 Counterfactual actions (--response-frames, 0 skips). From a still context, every stream plays
 each probe action (none, forward, yaw+1, yaw-1) from the same seed, and each rollout is
-scored against the game under every probe. A stream "follows" a probe when its rollout under
-it is closer to the game under it than its rollouts under the other probes are: the
-question is whether walking and turning change the picture as they change the game.
+compared with its rollout under no input: the cosine between that effect and the game's own
+says whether walking and turning change the picture the way they change the game.
 
 Stability. One long student session (--stability-frames) next to the real game under the
 same explorer actions: per-frame brightness, contrast, sharpness and colour-histogram
@@ -432,17 +431,18 @@ def write_report(r: dict, rules: CollapseRules, path: Path) -> None:
     if "response" in r:
         resp = r["response"]
         lines += [
-            "## Counterfactual actions: does each action change the picture the way it changes the game?", "",
+            "## Counterfactual actions: does an action change the picture the way it changes the game?", "",
             f"From a still context, each stream plays each probe action for {resp['frames']} frames "
-            f"(same seed), in each of {len(resp['worlds'])} world(s). A stream *follows* a probe in a "
-            "world when its rollout under that probe is closer (mean PSNR) to the game under it than "
-            "its rollouts under the other probes are; the margin is that PSNR difference in dB. A "
-            "picture that ignores the actions follows none.", "",
-            "| stream | " + " | ".join(f"{p} followed (margin dB)" for p in resp["probes"]) + " |",
-            "|---" * (len(resp["probes"]) + 1) + "|"]
+            f"from the same seed, in each of {len(resp['worlds'])} world(s). An action's effect is the "
+            "rollout under it minus the rollout under no input (which cancels what the rollouts share, "
+            "such as blur); the table gives the cosine between the stream's effect and the game's: "
+            "1 for the game itself, 0 for a picture that ignores the actions, below 0 for the "
+            "wrong way.", "",
+            "| stream | " + " | ".join(p for p in resp["probes"][1:]) + " |",
+            "|---" * len(resp["probes"]) + "|"]
         for n, v in resp["streams"].items():
-            lines.append(f"| {n} | " + " | ".join(
-                f"{v['followed'][p]:.2f} ({v['margin_db'][p]:+.2f})" for p in resp["probes"]) + " |")
+            lines.append(f"| {n} | " + " | ".join(f"{v['effect_corr'][p]:+.3f}" for p in resp["probes"][1:]) + " |")
+        lines.append("")
     path.write_text("\n".join(lines))
 
 
@@ -497,12 +497,24 @@ PROBES = {"none": Action(), "forward": Action(forward=True),
           "yaw+": Action(yaw=1.0), "yaw-": Action(yaw=-1.0)}
 
 
+def effect_corr(model: np.ndarray, model_none: np.ndarray, game: np.ndarray,
+                game_none: np.ndarray) -> float:
+    """Cosine between what an action changes in the model's frames (its rollout under the
+    action minus its rollout under no input) and what it changes in the game's; 0 when
+    either change is nothing."""
+    d_model = model.astype(np.float64) - model_none
+    d_game = game.astype(np.float64) - game_none
+    norm = np.linalg.norm(d_model) * np.linalg.norm(d_game)
+    return float((d_model * d_game).sum() / norm) if norm > 0 else 0.0
+
+
 def response(streams: dict, cfg: EvalConfig, size: int, ctx: int, tok: Tokenizer) -> dict:
     """Counterfactual actions: from the same still context and the same seed, each stream plays
-    every probe action for `response_frames` frames, and each rollout is scored (mean PSNR)
-    against the game under every probe. A stream follows probe A in a world when its rollout
-    under A is closer to the game under A than its rollouts under the other probes are, so a
-    picture that ignores the actions (the baseline) follows none, however sharp it is."""
+    every probe action for `response_frames` frames. The effect of an action is the rollout
+    under it minus the rollout under no input, which cancels what all rollouts share (blur,
+    drift); `effect_corr` is the cosine between the stream's effect and the game's, in
+    -1..1: 1 for the game itself, 0 for a picture that ignores the actions. `psnr[a][b]` is
+    the mean PSNR of the stream under probe a against the game under probe b."""
     n, names = cfg.response_frames, list(PROBES)
     script = [Action()] * (ctx - 1)
     worlds = range(cfg.seed_start, cfg.seed_start + cfg.seeds)
@@ -513,28 +525,32 @@ def response(streams: dict, cfg: EvalConfig, size: int, ctx: int, tok: Tokenizer
         if name == "tokenizer":
             continue
         psnrs = np.zeros((len(worlds), len(names), len(names)))  # world, played, game
+        corr = np.zeros((len(worlds), len(names) - 1))  # world, probe other than none
         for i, w in enumerate(worlds):
-            for j, p in enumerate(names):
+            gens = {}
+            for p in names:
                 frames, actions = games[w, p]
                 if name == "real":
-                    gen = frames[ctx:]
+                    gens[p] = frames[ctx:]
                 elif name == "baseline":
-                    gen = np.repeat(frames[ctx - 1:ctx], n, axis=0)
+                    gens[p] = np.repeat(frames[ctx - 1:ctx], n, axis=0)
                 elif name == "teacher":
                     teacher, meta = model
-                    gen = dream_teacher(teacher, meta, tok, frames, actions, ctx, cfg.teacher_steps,
-                                        cfg.teacher_cfg, seed=w)
+                    gens[p] = dream_teacher(teacher, meta, tok, frames, actions, ctx,
+                                            cfg.teacher_steps, cfg.teacher_cfg, seed=w)
                 else:
-                    gen = session_rollout(model, Rollout(w, 0, frames, actions), ctx)
+                    gens[p] = session_rollout(model, Rollout(w, 0, frames, actions), ctx)
+            for j, p in enumerate(names):
                 for k, q in enumerate(names):
-                    psnrs[i, j, k] = psnr(gen, games[w, q][0][ctx:]).mean()
-        diag = psnrs[:, range(len(names)), range(len(names))]  # [world, probe]
-        other = np.stack([np.delete(psnrs[:, :, k], k, axis=1).max(1) for k in range(len(names))], 1)
-        out[name] = {"psnr": {p: {q: float(psnrs[:, j, k].mean()) for k, q in enumerate(names)}
-                              for j, p in enumerate(names)},
-                     "followed": {p: float((diag[:, k] > other[:, k]).mean()) for k, p in enumerate(names)},
-                     "margin_db": {p: float((diag[:, k] - other[:, k]).mean()) for k, p in enumerate(names)}}
-        log(f"response: {name} follows " + ", ".join(f"{p} {v:.2f}" for p, v in out[name]["followed"].items()))
+                    psnrs[i, j, k] = psnr(gens[p], games[w, q][0][ctx:]).mean()
+            for j, p in enumerate(names[1:]):
+                corr[i, j] = effect_corr(gens[p], gens["none"], games[w, p][0][ctx:],
+                                         games[w, "none"][0][ctx:])
+        out[name] = {"effect_corr": {p: float(corr[:, j].mean()) for j, p in enumerate(names[1:])},
+                     "psnr": {p: {q: float(psnrs[:, j, k].mean()) for k, q in enumerate(names)}
+                              for j, p in enumerate(names)}}
+        log(f"response: {name} effect correlation "
+            + ", ".join(f"{p} {v:+.2f}" for p, v in out[name]["effect_corr"].items()))
     return {"frames": n, "worlds": list(worlds), "probes": names, "streams": out}
 
 

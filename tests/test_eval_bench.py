@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from distill.collect import EVAL_SEED_START, Explorer
-from distill.eval import CollapseRules, collapse_verdict, sequence_stats
+from distill.eval import CollapseRules, collapse_verdict, effect_corr, sequence_stats
 from distill.idm import IDM, IDMConfig, fit_idm, score
 from worldmodel import cli
 from worldmodel.actions import Action
@@ -235,15 +235,22 @@ def test_counterfactual_response_of_the_game_and_of_a_frozen_picture(tmp_path, c
     assert resp["probes"] == ["none", "forward", "yaw+", "yaw-"] and resp["frames"] == 3
     assert set(resp["streams"]) == {"real", "baseline", "student"}
     real, frozen = resp["streams"]["real"], resp["streams"]["baseline"]
-    # the game itself follows every probe; a picture that ignores the actions follows none
-    assert all(v == 1.0 for v in real["followed"].values())
-    assert all(v > 0 for v in real["margin_db"].values())
-    assert all(v == 0.0 for v in frozen["followed"].values())
-    assert all(v == 0.0 for v in frozen["margin_db"].values())
+    # the game's own effects match themselves; a picture that ignores the actions has none
+    assert real["effect_corr"] == pytest.approx({"forward": 1.0, "yaw+": 1.0, "yaw-": 1.0})
+    assert frozen["effect_corr"] == {"forward": 0.0, "yaw+": 0.0, "yaw-": 0.0}
     for p in resp["probes"]:
         assert real["psnr"][p][p] == 100.0  # identical frames
-        for q in resp["probes"]:
-            assert math.isfinite(r["response"]["streams"]["student"]["psnr"][p][q])
+        assert all(math.isfinite(v) for v in resp["streams"]["student"]["psnr"][p].values())
+    assert all(-1 <= v <= 1 for v in resp["streams"]["student"]["effect_corr"].values())
     assert "Counterfactual actions" in (tmp_path / "eval" / "report.md").read_text()
     r = run_json(capsys, *eval_args(tmp_path, ck, "--response-frames", 0))
     assert "response" not in r
+
+
+def test_effect_corr_sees_the_direction_of_a_shift():
+    rng = np.random.default_rng(0)
+    still = rng.integers(0, 256, (4, 16, 16, 3)).astype(np.uint8)
+    left, right = np.roll(still, -2, axis=2), np.roll(still, 2, axis=2)
+    assert effect_corr(left, still, left, still) == pytest.approx(1.0)
+    assert effect_corr(right, still, left, still) < effect_corr(left, still, left, still)
+    assert effect_corr(still, still, left, still) == 0.0
