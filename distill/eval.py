@@ -283,9 +283,21 @@ def make_rollouts(cfg: EvalConfig, size: int, ctx: int, H: int) -> list[Rollout]
     return out
 
 
-def session_rollout(session: WorldSession, ro: Rollout, ctx: int) -> np.ndarray:
-    session.reset(ro.frames[:ctx], ro.actions[:ctx], seed=ro.seed * 1000 + ro.index)
-    return np.stack([session.step(a) for a in ro.actions[ctx:]])
+def stream_rollout(name: str, model, ro: Rollout, ctx: int, tok: Tokenizer,
+                   cfg: EvalConfig) -> np.ndarray:
+    """The frames stream `name` shows after the rollout's `ctx` real context frames, under
+    its actions, seeded by the rollout: uint8 [len(ro.frames) - ctx, S, S, 3]."""
+    seed = ro.seed * 1000 + ro.index
+    if name == "baseline":
+        return np.repeat(ro.frames[ctx - 1:ctx], len(ro.frames) - ctx, axis=0)
+    if name == "tokenizer":
+        return reconstruct(tok, ro.frames[ctx:])
+    if name == "teacher":
+        teacher, meta = model
+        return dream_teacher(teacher, meta, tok, ro.frames, ro.actions, ctx, cfg.teacher_steps,
+                             cfg.teacher_cfg, seed=seed)
+    model.reset(ro.frames[:ctx], ro.actions[:ctx], seed=seed)
+    return np.stack([model.step(a) for a in ro.actions[ctx:]])
 
 
 @torch.no_grad()
@@ -463,16 +475,7 @@ def fidelity(streams: dict, rollouts: list[Rollout], ctx: int, tok: Tokenizer, c
         shown = {"real": real}
         for name, model in streams.items():
             t0 = time.monotonic()
-            if name == "baseline":
-                gen = np.repeat(ro.frames[ctx - 1:ctx], H, axis=0)
-            elif name == "tokenizer":
-                gen = reconstruct(tok, real)
-            elif name == "teacher":
-                teacher, meta = model
-                gen = dream_teacher(teacher, meta, tok, ro.frames, ro.actions, ctx,
-                                    cfg.teacher_steps, cfg.teacher_cfg, seed=ro.seed * 1000 + ro.index)
-            else:
-                gen = session_rollout(model, ro, ctx)
+            gen = stream_rollout(name, model, ro, ctx, tok, cfg)
             curves["psnr"][name].append(psnr(real, gen))
             curves["ssim"][name].append(ssim(real, gen))
             shown[name] = gen
@@ -527,19 +530,9 @@ def response(streams: dict, cfg: EvalConfig, size: int, ctx: int, tok: Tokenizer
         psnrs = np.zeros((len(worlds), len(names), len(names)))  # world, played, game
         corr = np.zeros((len(worlds), len(names) - 1))  # world, probe other than none
         for i, w in enumerate(worlds):
-            gens = {}
-            for p in names:
-                frames, actions = games[w, p]
-                if name == "real":
-                    gens[p] = frames[ctx:]
-                elif name == "baseline":
-                    gens[p] = np.repeat(frames[ctx - 1:ctx], n, axis=0)
-                elif name == "teacher":
-                    teacher, meta = model
-                    gens[p] = dream_teacher(teacher, meta, tok, frames, actions, ctx,
-                                            cfg.teacher_steps, cfg.teacher_cfg, seed=w)
-                else:
-                    gens[p] = session_rollout(model, Rollout(w, 0, frames, actions), ctx)
+            gens = {p: games[w, p][0][ctx:] if name == "real" else
+                    stream_rollout(name, model, Rollout(w, 0, *games[w, p]), ctx, tok, cfg)
+                    for p in names}
             for j, p in enumerate(names):
                 for k, q in enumerate(names):
                     psnrs[i, j, k] = psnr(gens[p], games[w, q][0][ctx:]).mean()
