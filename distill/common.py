@@ -10,14 +10,13 @@ A run folder holds:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -195,21 +194,3 @@ def loop(start: int, max_steps: int, max_minutes: float, d: Dist, desc: str) -> 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def add_config_arguments(p: argparse.ArgumentParser, defaults: Any,
-                         choices: dict[str, list[str]] | None = None) -> None:
-    """One --flag per field of a config dataclass, defaults and types from the dataclass."""
-    for f in fields(defaults):
-        value = getattr(defaults, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
-        else:
-            kind = type(value) if value is not None else str
-            p.add_argument(flag, type=kind, default=value, choices=(choices or {}).get(f.name))
-
-
-def config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in vars(args).items() if k in names})

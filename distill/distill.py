@@ -38,12 +38,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distill import dmd, ode, student_init
-from worldmodel import checkpoint
+from worldmodel import checkpoint, flags
+from worldmodel.flags import add_config_arguments
 from worldmodel.model import DiT, DiTConfig
 from worldmodel.sampling import StudentConfig
 from worldmodel.session import save_world_model
@@ -94,27 +95,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="stage", required=True)
     for name, (cls, presets, run) in STAGES.items():
         sp = sub.add_parser(name, help=(run.__doc__ or "").strip().splitlines()[0])
-        if presets:
-            sp.add_argument("--preset", choices=sorted(presets), default="cpu",
-                            help="named settings; any flag below overrides them (default: cpu)")
-        base = presets["cpu"] if presets else cls()
-        for f in fields(cls):
-            # flags left out keep the preset's value, so they are absent rather than defaulted
-            value = getattr(base, f.name)
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(value, bool):
-                sp.add_argument(flag, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS)
-            else:
-                sp.add_argument(flag, type=type(value), default=argparse.SUPPRESS,
-                                help=f"cpu preset: {value}" if presets else f"default: {value}")
+        add_config_arguments(sp, presets["cpu"] if presets else cls(), presets=presets or None)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
     cls, presets, _ = STAGES[args.stage]
-    base = presets[args.preset] if presets else cls()
-    return replace(base, **{f.name: getattr(args, f.name) for f in fields(cls)
-                            if hasattr(args, f.name)})
+    return flags.config_from_args(cls, args, presets=presets or None)
 
 
 def main(args: argparse.Namespace) -> int:

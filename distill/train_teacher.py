@@ -30,8 +30,6 @@ from torch.utils.data import DataLoader, default_collate
 from distill.common import (
     EMA,
     Run,
-    add_config_arguments,
-    config_from_args,
     cosine_lr,
     count_params,
     loop,
@@ -40,6 +38,7 @@ from distill.common import (
 )
 from distill.data import ClipDataset
 from worldmodel import checkpoint, flow
+from worldmodel.flags import add_config_arguments, config_from_args
 from worldmodel.model import PRESETS, DiT, get_config
 
 

@@ -22,8 +22,6 @@ from torch.utils.data import DataLoader
 from distill.common import (
     EMA,
     Run,
-    add_config_arguments,
-    config_from_args,
     cosine_lr,
     count_params,
     loop,
@@ -31,6 +29,7 @@ from distill.common import (
     setup_distributed,
 )
 from distill.data import ClipDataset, open_episodes
+from worldmodel.flags import add_config_arguments, config_from_args
 from worldmodel.metrics import psnr, ssim
 from worldmodel.tokenizer import (
     TOKENIZER_PRESETS,
