@@ -12,8 +12,9 @@ last 30), generation time, round trip, the frame index and the model.
 
 The window talks to a `Link`: protocol messages go out, frames and JSON messages come in.
 `RemoteLink` runs a websockets client on its own event loop in a background thread;
-`LocalLink` steps a `WorldSession` on a worker thread through the server's own `Play`, so
-that local recordings are made, and replay, exactly as the server's. Either way the pygame
+`LocalLink` steps a `WorldSession` on a worker thread through the play session the server
+drives too (`app.play.Play`), so that local recordings are made, and replay, exactly as the
+server's. Either way the pygame
 loop never waits on the network or the model: each link keeps only the newest frame of each
 stream, and the window shows that one.
 
@@ -30,7 +31,6 @@ import io
 import json
 import os
 import queue
-import random
 import statistics
 import sys
 import threading
@@ -46,8 +46,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from app import protocol
+from app.config import ServeConfig
 from app.game_window import WINDOW
-from app.server import Play, ServeConfig
+from app.play import Play, Reply, World, load_world
 from worldmodel.actions import KEYS, Action, parse_script
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
@@ -225,48 +226,26 @@ class RemoteLink(Link):
         self._thread.join(CLOSE_TIMEOUT)
 
 
-class LocalPlay(Play):
-    """The server's `Play` with raw frames instead of JPEG messages: (header, frame) pairs,
-    the header as `protocol.decode_frame` gives it."""
-
-    def _encode(self, frame, *, seq=0, ms=0.0, stream=protocol.STREAM_DREAM):
-        header = {
-            "stream": stream,
-            "recording": self.recording is not None,
-            "frame": self.frame,
-            "seq": seq,
-            "gen_ms": ms,
-            "server_ms": time.time() * 1000,
-        }
-        return header, frame
+def raw_frame(frame: np.ndarray, header: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+    """A play session's frames as they are: (header, frame), no JPEG in between."""
+    return header, frame
 
 
 class LocalLink(Link):
-    """A world model in this process, stepped on a worker thread at the model's fps.
+    """A world in this process, stepped on a worker thread at the session's fps.
 
-    Messages are parsed and validated by `app.protocol` as the server does, and answered the
-    same way (hello, state, saved, pong, error), so the window cannot tell the difference.
-    `Play` (the world, the game beside it, the recording) is touched only by the worker."""
+    Messages are parsed and validated by `app.protocol` as the server does, and answered by
+    the same `Play` (hello, state, saved, pong, error), so the window cannot tell the
+    difference. `Play` (the world, the game beside it, the recording) is touched only by the
+    worker, except its input, which the window's thread adds."""
 
     _CLOSE = object()
     network = False
 
-    def __init__(self, world: Any, cfg: ServeConfig, seed: int | None = None):
+    def __init__(self, world: World, cfg: ServeConfig, seed: int | None = None):
         super().__init__()
-        path = Path(cfg.checkpoint)
-        meta = {
-            "name": world.name,
-            "hash": world.checkpoint_hash,
-            "path": str(path.resolve()) if path.exists() else cfg.checkpoint,
-        }
-        self.play = LocalPlay(world, cfg, meta)
-        self.fps = float(cfg.fps or world.fps)
-        self.seed = seed if seed is not None else random.randrange(protocol.MAX_SEED)
-        self.inputs = protocol.InputAccumulator(cfg.mouse_px_per_unit, cfg.arrow_rate)
-        self._inputs_lock = threading.Lock()
+        self.play = Play(world, cfg, raw_frame, seed)
         self._controls: queue.SimpleQueue = queue.SimpleQueue()
-        self.paused = False
-        self.side_by_side = False
         self._thread = threading.Thread(target=self._run, name="wm-pygame-model", daemon=True)
         self._thread.start()
 
@@ -277,11 +256,9 @@ class LocalLink(Link):
             self._put_message({"type": "error", "code": e.code, "error": str(e)})
             return
         if isinstance(msg, protocol.Input):
-            if not self.paused:
-                with self._inputs_lock:
-                    self.inputs.add(msg)
+            self.play.add_input(msg)
         elif isinstance(msg, protocol.Ping):
-            self._put_message({"type": "pong", "t": msg.t, "server_ms": time.time() * 1000})
+            self._put_message(self.play.pong(msg))
         else:
             self._controls.put(msg)
 
@@ -295,78 +272,38 @@ class LocalLink(Link):
         for header, frame in items:
             self._put_frame(header, frame)
 
-    def _state(self) -> None:
-        rec = self.play.recording
-        self._put_message({
-            "type": "state",
-            "seed": self.play.seed,
-            "paused": self.paused,
-            "side_by_side": self.side_by_side,
-            "recording": rec.name if rec is not None else None,
-            "frame": self.play.frame,
-        })  # fmt: skip
-
-    def _saved(self, info: dict[str, Any] | None) -> None:
-        if info is not None:
-            self._put_message({"type": "saved", **info})
+    def _deliver(self, reply: Reply) -> None:
+        if reply.frames is not None:
+            self._emit(reply.frames)
+        for msg in reply.messages:
+            self._put_message(msg)
 
     def _run(self) -> None:
-        world = self.play.world
+        play = self.play
         reason = "closed"
         try:
-            self._put_message({
-                "type": "hello", "protocol": protocol.PROTOCOL_VERSION, "mode": "dream",
-                "model": world.name, "checkpoint_hash": world.checkpoint_hash,
-                "size": world.size, "fps": self.fps, "context_length": world.context_length,
-                "side_by_side": True, "keys": list(protocol.INPUT_KEYS),
-            })  # fmt: skip
-            self._emit(self.play.reset(self.seed, False))
-            self._state()
-            period = 1.0 / self.fps
-            self._deadline = time.monotonic()
+            self._put_message(play.hello())
+            self._emit(play.start())
+            self._put_message(play.state())
             while True:
-                wait = None if self.paused else max(0.0, self._deadline - time.monotonic())
+                wait = None if play.paused else play.pacer.wait()
                 try:
                     msg = self._controls.get(timeout=wait)
                 except queue.Empty:
-                    with self._inputs_lock:
-                        action, seq = self.inputs.take()
-                    self._emit(self.play.tick(action, seq, self.side_by_side))
-                    # behind schedule: carry on at the model's pace, no burst to catch up
-                    self._deadline = max(self._deadline + period, time.monotonic())
+                    self._emit(play.tick())
+                    play.pacer.ticked()
                     continue
                 if msg is self._CLOSE:
                     break
-                self._control(msg)
+                self._deliver(play.control(msg))
         except Exception as e:  # the window shows it; the recording is still closed below
             reason = f"model error: {e}"
             self._put_message({"type": "error", "code": "internal", "error": reason})
         finally:
-            self._saved(self.play.stop_recording())
+            info = play.close()
+            if info is not None:
+                self._put_message({"type": "saved", **info})
             self._put_message({"type": "closed", "reason": reason})
-
-    def _control(self, msg: protocol.Message) -> None:
-        if isinstance(msg, protocol.Reset):
-            seed = msg.seed if msg.seed is not None else random.randrange(protocol.MAX_SEED)
-            self._saved(self.play.stop_recording())
-            with self._inputs_lock:
-                self.inputs.clear()
-            self._emit(self.play.reset(seed, self.side_by_side))
-        elif isinstance(msg, protocol.Record):
-            if msg.on:
-                self.play.start_recording()
-            else:
-                self._saved(self.play.stop_recording())
-        elif isinstance(msg, protocol.Pause):
-            self.paused = msg.on
-            with self._inputs_lock:
-                self.inputs.clear()
-            self._deadline = time.monotonic()
-        elif isinstance(msg, protocol.SideBySide):
-            if msg.on and not self.side_by_side:
-                self._emit(self.play.game_frame())
-            self.side_by_side = msg.on
-        self._state()
 
 
 # ------------------------------------------------------------------ the window
@@ -701,12 +638,10 @@ def open_link(args: argparse.Namespace) -> Link:
     """The link args ask for. Raises FileNotFoundError for a missing --local checkpoint."""
     if not args.local:
         return RemoteLink(with_query(args.url, token=args.token, seed=args.seed))
-    from worldmodel.session import WorldSession
-
     cfg = ServeConfig(
         checkpoint=args.checkpoint, device=args.device, recordings=args.recordings, max_sessions=1
     )
-    world = WorldSession.from_checkpoint(cfg.checkpoint, device=cfg.device)
+    _, world = load_world(cfg)
     return LocalLink(world, cfg, seed=args.seed)
 
 

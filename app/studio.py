@@ -31,10 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from app.config import LOCAL_HOSTS
 from app.recording import VIDEO, list_recordings, recording_dir
 from app.replay import replay
 from worldmodel.actions import NOOP, Action, parse_script
 from worldmodel.episode import Episode, EpisodeError
+from worldmodel.flags import add_config_arguments, config_from_args
 from worldmodel.game import Game
 from worldmodel.metrics import psnr
 from worldmodel.session import WorldSession, resolve_checkpoint
@@ -54,7 +56,7 @@ class StudioConfig:
     host: str = "127.0.0.1"
     port: int = 7860
     device: str = "cpu"
-    max_dream_frames: int = 600  # 30 s at 20 fps: a dream runs on the request's thread
+    max_dream_frames: int = 600  # a dream runs on the request's thread
 
     def __post_init__(self) -> None:
         self.recordings = Path(self.recordings)
@@ -386,23 +388,18 @@ def build_app(cfg: StudioConfig) -> gr.Blocks:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = StudioConfig()
-    p.add_argument("--recordings", type=Path, default=d.recordings, help="recordings folder")
-    p.add_argument("--checkpoint", default=d.checkpoint, help="checkpoint name or folder")
-    p.add_argument("--host", default=d.host, help="address to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=d.port)
-    p.add_argument("--device", default=d.device, help="for dreams (replays use the recorded one)")
+    add_config_arguments(p, StudioConfig(), helps={
+        "recordings": "recordings folder",
+        "checkpoint": "checkpoint name or folder",
+        "host": "address to bind; this machine only unless told",
+        "device": "for dreams (replays use the recorded one)",
+        "max_dream_frames": "longest dream one request may ask for",
+    })  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = StudioConfig(
-        recordings=args.recordings,
-        checkpoint=args.checkpoint,
-        host=args.host,
-        port=args.port,
-        device=args.device,
-    )
-    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+    cfg = config_from_args(StudioConfig, args)
+    if cfg.host not in LOCAL_HOSTS:
         print(
             f"wm ui: warning: listening on {cfg.host}: anyone who can reach this machine can "
             "see the recordings and run the model",

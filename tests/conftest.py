@@ -47,10 +47,10 @@ def tiny_pipeline(tmp_path_factory) -> TinyPipeline:
 def serve_threads():
     """The torch thread count `wm play` sets for itself (cores / sessions): on two busy
     cores, more threads make every step wait on the others."""
-    from app import server
+    from app.config import ServeConfig
 
     before = torch.get_num_threads()
-    torch.set_num_threads(server.ServeConfig().threads)
+    torch.set_num_threads(ServeConfig().threads)
     yield
     torch.set_num_threads(before)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,9 +13,49 @@ from typing import Any
 from websockets.sync.client import ClientConnection, connect
 
 from app import protocol
-from app.server import ServeConfig, ServerThread
+from app.config import ServeConfig
+from app.play import World, load_world
+from app.server import PlayServer
 
 TIMEOUT = 30.0  # generous: two shared cores, and other tests may run beside these
+
+
+class ServerThread:
+    """A PlayServer on its own event loop in a background thread."""
+
+    def __init__(self, cfg: ServeConfig, factory: Callable[[], World] | None = None,
+                 first: World | None = None):
+        if factory is None:
+            factory, first = load_world(cfg)
+        self.server = PlayServer(cfg, factory, first if first is not None else factory())
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._stop = self._loop.create_future()
+        self._loop.run_until_complete(self.server.serve(self._stop, lambda _: self._ready.set()))
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(TIMEOUT):
+            raise RuntimeError("server did not start")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(
+                lambda: self._stop.done() or self._stop.set_result(None)
+            )
+            self._thread.join(TIMEOUT)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
 
 
 def start_server(recordings: Path, checkpoint: Path | None = None, **cfg: Any) -> ServerThread:

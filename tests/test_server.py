@@ -263,7 +263,7 @@ def test_disconnect_mid_recording_leaves_a_valid_recording_that_replays(
 
 def test_token_and_origin_checks(checkpoint, tmp_path):
     srv = start_server(
-        tmp_path / "rec", checkpoint, token="s3cret", allow_origins=("http://friend.example",)
+        tmp_path / "rec", checkpoint, token="s3cret", allow_origin=("http://friend.example",)
     )
     try:
         for params in ({}, {"token": "wrong"}):

@@ -26,6 +26,7 @@ import torch
 
 from worldmodel import checkpoint
 from worldmodel.actions import ACTION_DIM, Action
+from worldmodel.game import Game
 from worldmodel.model import DiT, DiTConfig, get_config
 from worldmodel.sampling import StudentConfig, StudentSampler
 from worldmodel.tokenizer import (
@@ -37,7 +38,7 @@ from worldmodel.tokenizer import (
 )
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-FPS = 20
+FPS = Game.fps  # a checkpoint that does not say plays at the rate of the game it learned
 
 
 def resolve_checkpoint(path_or_name: str | Path) -> Path:

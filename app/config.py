@@ -1,0 +1,39 @@
+"""ServeConfig: the settings of a play session and of the server that hosts it (`wm play`,
+`wm pygame --local`). Every field is a flag of `wm play` (worldmodel.flags)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0 picks a free port
+    checkpoint: str = "default"
+    device: str = "cpu"
+    game: bool = False  # serve the real game instead of a model
+    size: int = 64  # frame side of the real game with --game
+    token: str | None = None
+    max_sessions: int | None = None  # None: 2 on CPU, 4 on an accelerator
+    recordings: Path = Path("recordings")
+    fps: float | None = None  # cap on frames per second; None: the world's own fps
+    allow_origin: tuple[str, ...] = ()  # besides the server's own origin
+    jpeg_quality: int = 90
+    rate_limit: float = 120.0  # client messages per second, with a burst of the same size
+    mouse_px_per_unit: float = 60.0  # mouse pixels in one frame that make a full-speed turn
+    arrow_rate: float = 0.5  # yaw/pitch while an arrow key is held
+    record_video: bool = True
+    threads: int | None = None  # torch threads on CPU; None: the cores shared among sessions
+
+    def __post_init__(self) -> None:
+        if self.max_sessions is None:
+            self.max_sessions = 2 if self.device == "cpu" else 4
+        if self.threads is None:
+            self.threads = max(1, (os.cpu_count() or 1) // self.max_sessions)
+        self.recordings = Path(self.recordings)
+        self.allow_origin = tuple(self.allow_origin)
