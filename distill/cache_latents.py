@@ -19,13 +19,14 @@ from tqdm import tqdm
 
 from distill.data import LATENTS
 from worldmodel import checkpoint
+from worldmodel.checkpoint import load_tokenizer
 from worldmodel.episode import Episode, find_episodes
-from worldmodel.tokenizer import frames_to_tensor, load_tokenizer
+from worldmodel.tokenizer import frames_to_tensor
 
 
 @torch.no_grad()
 def cache_latents(data: str, tokenizer: str, device: str = "cpu", batch: int = 256) -> int:
-    tok = load_tokenizer(tokenizer, device)
+    tok, _ = load_tokenizer(tokenizer, device)
     tok_hash = checkpoint.file_hash(f"{tokenizer}.safetensors")
     episodes = [Episode(p) for p in find_episodes(data)]
     done = 0

@@ -48,15 +48,15 @@ import torch
 
 from distill.collect import EVAL_SEED_START, Explorer
 from distill.idm import IDM, IDM_PRESETS, ensure_idm, score
-from distill.sample import dream_teacher, load_teacher, play_game
+from distill.sample import dream_teacher, play_game
 from worldmodel import checkpoint
 from worldmodel.actions import Action, stack
+from worldmodel.checkpoint import load_student, load_teacher, load_tokenizer
 from worldmodel.game import Game
 from worldmodel.metrics import psnr, ssim
-from worldmodel.model import DiT, DiTConfig
-from worldmodel.sampling import StudentConfig
+from worldmodel.sampling import TeacherConfig
 from worldmodel.session import WorldSession, resolve_checkpoint
-from worldmodel.tokenizer import Tokenizer, frames_to_tensor, load_tokenizer, tensor_to_frames
+from worldmodel.tokenizer import Tokenizer, frames_to_tensor, tensor_to_frames
 
 MODELS = ("baseline", "tokenizer", "teacher", "student_init", "student")  # table order
 
@@ -75,8 +75,8 @@ class EvalConfig:
     rollouts: int = 2  # context windows per seed, one horizon apart
     horizons: tuple[int, ...] = (1, 4, 16, 64)
     seed_start: int = EVAL_SEED_START
-    teacher_steps: int = 32
-    teacher_cfg: float = 1.5
+    teacher_steps: int = TeacherConfig.steps
+    teacher_cfg: float = TeacherConfig.cfg_scale
     stability_frames: int = 2000
     response_frames: int = 8  # frames per probe action in the counterfactual test; 0: skip it
     idm: str = "runs/idm/model"
@@ -255,13 +255,8 @@ def load_session(path: str, tokenizer: Tokenizer, device: str) -> WorldSession:
     if (p / "student.json").is_file():
         return WorldSession.from_checkpoint(p, device)
     stem = p / "model" if (p / "model.json").is_file() else p
-    tensors, meta = checkpoint.load(stem, device)
-    if "sampler" not in meta:
-        raise ValueError(f"{stem} is a {meta.get('kind')!r} checkpoint, not a student")
-    student = DiT(DiTConfig(**meta["model"]))
-    student.load_state_dict(tensors)
-    return WorldSession(tokenizer, student.to(device).eval(), StudentConfig(**meta["sampler"]),
-                        name=str(path))
+    student, meta = load_student(stem, device)
+    return WorldSession(tokenizer, student, meta.sampler, name=str(path))
 
 
 @dataclass
@@ -567,7 +562,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     folder = resolve_checkpoint(cfg.checkpoint)
     session = WorldSession.from_checkpoint(folder, device)
-    tok = load_tokenizer(cfg.tokenizer, device) if cfg.tokenizer else session.tokenizer
+    tok = load_tokenizer(cfg.tokenizer, device)[0] if cfg.tokenizer else session.tokenizer
     size, ctx = session.size, session.context_length
     if tok.cfg.frame_size != size:
         raise ValueError(f"tokenizer makes {tok.cfg.frame_size}px frames, the checkpoint {size}px")
@@ -581,7 +576,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         teacher, tmeta = load_teacher(cfg.teacher, device)
         streams["teacher"] = (teacher, tmeta)
         sources["teacher"] = f"{cfg.teacher} ({cfg.teacher_steps} steps, cfg {cfg.teacher_cfg})"
-        if tmeta.get("tokenizer_hash") and cfg.tokenizer is None and tmeta["tokenizer_hash"] != \
+        if tmeta.tokenizer_hash and cfg.tokenizer is None and tmeta.tokenizer_hash != \
                 checkpoint.file_hash(folder / "tokenizer.safetensors"):
             log("warning: the teacher was trained on another tokenizer's latents than the "
                 "checkpoint's; pass --tokenizer to use its own")

@@ -3,7 +3,7 @@
 import argparse
 import copy
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ from worldmodel import checkpoint, flow
 from worldmodel.actions import Action
 from worldmodel.episode import EpisodeWriter
 from worldmodel.model import DiT, get_config
-from worldmodel.sampling import StudentConfig, StudentSampler, teacher_rollout
+from worldmodel.sampling import StudentConfig, StudentSampler, TeacherConfig, teacher_rollout
 from worldmodel.session import WorldSession
 from worldmodel.tokenizer import TOKENIZER_PRESETS, Tokenizer
 
@@ -56,12 +56,14 @@ def clip(B=2, Fc=2, N=2, seed=1):
     return lat[:, :Fc], act, lat[:, Fc:]
 
 
+TEACHER = TeacherConfig(steps=STEPS, cfg_scale=CFG, shift=SHIFT, clip_len=4)
+
+
 def pairs(teacher, target, mode="bidirectional", seed=0, **kw):
     context, act, _ = clip(**kw)
     Fc = context.shape[1]
-    return ode_pairs(teacher, context, act[:, :Fc], act[:, Fc:], target=target, mode=mode,
-                     clip_len=4, steps=STEPS, shift=SHIFT, cfg_scale=CFG,
-                     generator=torch.Generator().manual_seed(seed))
+    return ode_pairs(teacher, context, act[:, :Fc], act[:, Fc:], replace(TEACHER, mode=mode),
+                     target=target, generator=torch.Generator().manual_seed(seed))
 
 
 def test_ode_pairs_lie_on_the_teachers_euler_path():
@@ -74,8 +76,8 @@ def test_ode_pairs_lie_on_the_teachers_euler_path():
     noise = torch.cat([torch.randn(2, 1, C, H, H, generator=g) for _ in range(3)], 1)
     assert torch.equal(levels[:, :, 0], noise)
     # the end points are what the teacher's autoregressive sampler makes from that noise
-    ref = teacher_rollout(teacher, context, act[:, :2], act[:, 2:], clip_len=4, steps=STEPS,
-                          shift=SHIFT, cfg_scale=CFG, generator=torch.Generator().manual_seed(0))
+    ref = teacher_rollout(teacher, context, act[:, :2], act[:, 2:], TEACHER,
+                          generator=torch.Generator().manual_seed(0))
     assert torch.allclose(end, ref, atol=1e-6)
     # the levels are the Euler path of the first frame at the student's times
     a = act[:, :3]
@@ -113,8 +115,8 @@ def test_joint_targets_see_later_frames_only_with_a_bidirectional_teacher():
 def test_student_init_loss_falls_on_fixed_pairs():
     teacher = random_dit()
     context, act, _ = clip(B=4, Fc=2, N=2)
-    levels, end = ode_pairs(teacher, context, act[:, :2], act[:, 2:], steps=STEPS, shift=SHIFT,
-                            clip_len=4, cfg_scale=CFG, generator=torch.Generator().manual_seed(0))
+    levels, end = ode_pairs(teacher, context, act[:, :2], act[:, 2:], TEACHER,
+                            generator=torch.Generator().manual_seed(0))
     batch = {"context": context, "actions": act, "levels": levels, "target": end}
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     sampler = StudentConfig(window=3, context_length=2)  # 4 frames: the ring rolls over
@@ -133,7 +135,7 @@ def test_dmd_pieces():
     teacher = random_dit()
     student = random_dit(seed=3).train().requires_grad_(True)
     sampler = StudentConfig(window=3, context_length=2)
-    cfg = DmdConfig(cfg_scale=1.0)
+    cfg = DmdConfig(teacher_cfg=1.0)
     context, act, _ = clip(B=2, Fc=2, N=3)
 
     # the rollout carries gradient to the student only through one step per frame
@@ -166,7 +168,7 @@ def test_dmd_pieces():
     x = x.requires_grad_(True)
     loss, grad_norm = dmd_loss(x, context, act, teacher, critic, cfg, SHIFT, "bidirectional")
     assert loss.item() == 0 and grad_norm.item() == 0
-    guided = DmdConfig(cfg_scale=3.0)
+    guided = DmdConfig(teacher_cfg=3.0)
     loss, grad_norm = dmd_loss(x, context, act, teacher, critic, guided, SHIFT, "bidirectional")
     assert loss.item() > 0 and grad_norm.item() > 0
     loss.backward()
