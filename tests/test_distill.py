@@ -14,7 +14,7 @@ from distill import distill
 from distill.dmd import DmdConfig, critic_loss, dmd_loss, rollout
 from distill.ode import ode_pairs
 from distill.student_init import init_backward
-from worldmodel import checkpoint, flow
+from worldmodel import checkpoint, flags, flow
 from worldmodel.actions import Action
 from worldmodel.episode import EpisodeWriter
 from worldmodel.model import DiT, get_config
@@ -284,3 +284,26 @@ def test_presets_and_flags():
     assert cfg == distill.student_init.PRESETS["cpu"]
     with pytest.raises(SystemExit):
         parser.parse_args(["ode", "--preset", "huge"])
+    ode_cfg = distill.config_from_args(parser.parse_args(["ode", "--teacher-steps", "16"]))
+    assert ode_cfg.teacher_steps == 16 and ode_cfg.teacher_cfg == TeacherConfig.cfg_scale
+
+
+def test_every_command_builds_its_flags_from_its_config():
+    from distill import eval as wm_eval
+    from distill import train
+    from worldmodel import bench
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(["teacher", "--model", "tiny", "--beta2", "0.95"])
+    assert args.model == "tiny" and args.beta2 == 0.95
+    with pytest.raises(SystemExit):  # the network size is --model, not --preset
+        parser.parse_args(["teacher", "--preset", "tiny"])
+    parser = argparse.ArgumentParser()
+    wm_eval.add_arguments(parser)
+    cfg = flags.config_from_args(wm_eval.EvalConfig, parser.parse_args(["--horizons", "1,4"]))
+    assert cfg.horizons == (1, 4) and cfg.teacher_steps == TeacherConfig.steps
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    cfg = flags.config_from_args(bench.BenchConfig, parser.parse_args(["--separate-write", "--json"]))
+    assert cfg.separate_write and cfg.json and cfg.teacher_clip_len == TeacherConfig.clip_len

@@ -99,11 +99,12 @@ class StraightTeacher(nn.Module):
     def __init__(self, cond: float = 1.0, uncond: float = 0.0):
         super().__init__()
         self.cond, self.uncond = cond, uncond
-        self.calls = 0
+        self.calls, self.widest = 0, 0
 
     def forward(self, x, t, actions, mode="bidirectional", action_mask=None):
         self.calls += 1
         B, F = t.shape
+        self.widest = max(self.widest, F)
         keep = torch.ones(B, dtype=torch.bool) if action_mask is None else action_mask
         v = torch.zeros_like(x)
         for b in range(B):
@@ -146,6 +147,7 @@ def test_ode_pairs_are_the_teachers_trajectory_at_the_student_levels():
     noise = torch.stack([torch.randn(B, 1, 2, 2, generator=g) for _ in range(N)], 1)  # (B, N, ...)
     for k, t in enumerate([1.0, 0.9, 0.75, 0.5]):  # the student's levels, by hand
         torch.testing.assert_close(levels[:, :, k], (1 - t) * end + t * noise)
+    assert teacher.widest == cfg.clip_len  # never more frames than it was trained on
 
 
 # ---------------------------------------------------------------------------------------------

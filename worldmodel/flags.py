@@ -1,6 +1,7 @@
 """One way to turn a config dataclass into command-line flags, for every `wm` command.
 
-Each field becomes `--field-name` with the dataclass's type; booleans take `--x/--no-x`.
+Each field becomes `--field-name` with the dataclass's type; booleans take `--x/--no-x`,
+tuples a comma-separated list (`--horizons 1,4,16`).
 With named presets a `--preset` flag picks the starting values, and flags left out keep
 the preset's value (they are absent from the namespace rather than defaulted).
 
@@ -29,16 +30,27 @@ def add_config_arguments(p: argparse.ArgumentParser, base: Any,
     for f in fields(base):
         value = getattr(base, f.name)
         flag = "--" + f.name.replace("_", "-")
-        shown = f"{'preset ' + default + ': ' if presets else 'default: '}{value}"
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        shown = f"{'preset ' + default + ': ' if presets else 'default: '}{text}"
         help_ = f"{(helps or {})[f.name]} ({shown})" if f.name in (helps or {}) else shown
         default_value = argparse.SUPPRESS if presets else value
         if isinstance(value, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default_value,
                            help=help_)
+        elif isinstance(value, tuple):
+            p.add_argument(flag, type=_comma_list(type(value[0]) if value else str),
+                           default=default_value, help=help_)
         else:
             kind = type(value) if value is not None else str
             p.add_argument(flag, type=kind, default=default_value,
                            choices=(choices or {}).get(f.name), help=help_)
+
+
+def _comma_list(kind: type):
+    def parse(text: str) -> tuple:
+        return tuple(kind(x) for x in text.split(",") if x.strip())
+    parse.__name__ = f"comma-separated {kind.__name__}"  # argparse names it in its errors
+    return parse
 
 
 def config_from_args(cls: type, args: argparse.Namespace,
