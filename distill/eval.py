@@ -52,6 +52,7 @@ from distill.sample import dream_teacher, play_game
 from worldmodel import checkpoint
 from worldmodel.actions import Action, stack
 from worldmodel.checkpoint import load_student, load_teacher, load_tokenizer
+from worldmodel.flags import add_config_arguments, config_from_args
 from worldmodel.game import Game
 from worldmodel.metrics import psnr, ssim
 from worldmodel.sampling import TeacherConfig
@@ -86,6 +87,7 @@ class EvalConfig:
     out: str = "runs/eval"
     device: str = "auto"
     threads: int = 0  # torch CPU threads, 0: torch's default
+    json: bool = False  # print the result as one JSON object on stdout
 
 
 # ---------------------------------------------------------------------------- stability
@@ -717,49 +719,24 @@ def stability(session: WorldSession, cfg: EvalConfig, ctx: int, idm_model: IDM,
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = EvalConfig()
-    p.add_argument("--checkpoint", default=d.checkpoint, help="world-model folder (or name under assets/)")
-    p.add_argument("--teacher", default=None, help="teacher checkpoint stem (runs/teacher/model)")
-    p.add_argument("--student-init", default=None,
-                   help="the initialised student: a world-model folder or runs/student-init/model")
-    p.add_argument("--tokenizer", default=None, help="tokenizer stem (default: the checkpoint's)")
-    p.add_argument("--seeds", type=int, default=d.seeds, help=f"held-out worlds from {EVAL_SEED_START}")
-    p.add_argument("--rollouts", type=int, default=d.rollouts, help="context windows per world")
-    p.add_argument("--horizons", default=",".join(map(str, d.horizons)),
-                   help="frames ahead to report, comma-separated")
-    p.add_argument("--seed-start", type=int, default=d.seed_start)
-    p.add_argument("--teacher-steps", type=int, default=d.teacher_steps)
-    p.add_argument("--teacher-cfg", type=float, default=d.teacher_cfg)
-    p.add_argument("--stability-frames", type=int, default=d.stability_frames)
-    p.add_argument("--response-frames", type=int, default=d.response_frames,
-                   help="frames per probe action (none, forward, yaw+, yaw-) in the counterfactual "
-                        "test; 0 skips it")
-    p.add_argument("--idm", default=d.idm, help="inverse-dynamics model stem (trained there if absent)")
-    p.add_argument("--train-idm", action="store_true", help="train the IDM even if one exists")
-    p.add_argument("--idm-preset", default=d.idm_preset, choices=sorted(IDM_PRESETS))
-    p.add_argument("--idm-steps", type=int, default=d.idm_steps, help="IDM training steps (0: preset)")
-    p.add_argument("--out", default=d.out, help="folder for eval.json, report.md and plots")
-    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: default)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
-
-
-def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    try:
-        horizons = tuple(int(h) for h in str(args.horizons).split(",") if h.strip())
-    except ValueError:
-        raise SystemExit(f"wm eval: --horizons takes comma-separated integers, got {args.horizons!r}") from None
-    return EvalConfig(
-        checkpoint=args.checkpoint, teacher=args.teacher, student_init=args.student_init,
-        tokenizer=args.tokenizer, seeds=args.seeds, rollouts=args.rollouts, horizons=horizons,
-        seed_start=args.seed_start, teacher_steps=args.teacher_steps, teacher_cfg=args.teacher_cfg,
-        stability_frames=args.stability_frames, response_frames=args.response_frames, idm=args.idm, train_idm=args.train_idm,
-        idm_preset=args.idm_preset, idm_steps=args.idm_steps, out=args.out, device=args.device,
-        threads=args.threads)
+    add_config_arguments(p, EvalConfig(), choices={
+        "idm_preset": sorted(IDM_PRESETS), "device": ["auto", "cpu", "cuda"]}, helps={
+        "checkpoint": "world-model folder (or name under assets/)",
+        "teacher": "teacher checkpoint stem (runs/teacher/model)",
+        "student_init": "the initialised student: a world-model folder or runs/student-init/model",
+        "tokenizer": "tokenizer stem (default: the checkpoint's)",
+        "seeds": f"held-out worlds from {EVAL_SEED_START}",
+        "rollouts": "context windows per world", "horizons": "frames ahead to report",
+        "response_frames": "frames per probe action (none, forward, yaw+, yaw-) in the "
+                           "counterfactual test; 0 skips it",
+        "idm": "inverse-dynamics model stem (trained there if absent)",
+        "train_idm": "train the IDM even if one exists", "idm_steps": "IDM training steps (0: preset)",
+        "out": "folder for eval.json, report.md and plots", "threads": "torch CPU threads (0: default)",
+        "json": "print the result as one JSON object on stdout"})
 
 
 def main(args: argparse.Namespace) -> int:
-    r = evaluate(config_from_args(args))
+    r = evaluate(config_from_args(EvalConfig, args))
     if args.json:
         print(json.dumps(r))
         return 0
