@@ -27,15 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from distill.common import (
-    EMA,
-    Run,
-    cosine_lr,
-    count_params,
-    loop,
-    print0,
-    setup_distributed,
-)
+from distill.common import EMA, Run, cosine_lr, count_params, loop, print0, setup_distributed
 from distill.data import ClipDataset
 from worldmodel import checkpoint, flow
 from worldmodel.flags import add_config_arguments, config_from_args

@@ -19,15 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from distill.common import (
-    EMA,
-    Run,
-    cosine_lr,
-    count_params,
-    loop,
-    print0,
-    setup_distributed,
-)
+from distill.common import EMA, Run, cosine_lr, count_params, loop, print0, setup_distributed
 from distill.data import ClipDataset, open_episodes
 from worldmodel.flags import add_config_arguments, config_from_args
 from worldmodel.metrics import psnr, ssim
@@ -55,6 +47,7 @@ class TokenizerTrainConfig:
     steps: int = 6000
     max_minutes: float = 30.0
     latent_noise: float = 0.1
+    latent_penalty: float = 1e-4  # weight of mean z^2 in the loss: keeps the latents bounded
     ema_decay: float = 0.999
     log_every: int = 50
     ckpt_every: int = 500
@@ -119,7 +112,7 @@ def train(cfg: TokenizerTrainConfig) -> Tokenizer:
         x = frames_to_tensor(next(loader)["frames"][:, 0].to(d.device))  # (B, 3, S, S)
         rec, z = model(x, cfg.latent_noise)
         l1, mse = F.l1_loss(rec, x), F.mse_loss(rec, x)
-        loss = l1 + mse + 1e-4 * z.pow(2).mean()
+        loss = l1 + mse + cfg.latent_penalty * z.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
