@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,13 +20,23 @@ from tqdm import tqdm
 
 from distill.data import LATENTS
 from worldmodel import checkpoint
+from worldmodel.checkpoint import load_tokenizer
 from worldmodel.episode import Episode, find_episodes
-from worldmodel.tokenizer import frames_to_tensor, load_tokenizer
+from worldmodel.flags import add_config_arguments, config_from_args
+from worldmodel.tokenizer import frames_to_tensor
+
+
+@dataclass
+class CacheConfig:
+    data: str = "data/train"
+    tokenizer: str = "runs/tokenizer/model"
+    device: str = "cpu"
+    batch: int = 256  # frames encoded at once
 
 
 @torch.no_grad()
 def cache_latents(data: str, tokenizer: str, device: str = "cpu", batch: int = 256) -> int:
-    tok = load_tokenizer(tokenizer, device)
+    tok, _ = load_tokenizer(tokenizer, device)
     tok_hash = checkpoint.file_hash(f"{tokenizer}.safetensors")
     episodes = [Episode(p) for p in find_episodes(data)]
     done = 0
@@ -47,12 +58,13 @@ def cache_latents(data: str, tokenizer: str, device: str = "cpu", batch: int = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint stem (runs/tokenizer/model)")
-    p.add_argument("--device", default="cpu")
+    add_config_arguments(p, CacheConfig(), helps={
+        "data": "dataset folder", "tokenizer": "tokenizer checkpoint stem",
+        "batch": "frames encoded at once"})
 
 
 def main(args: argparse.Namespace) -> int:
-    n = cache_latents(args.data, args.tokenizer, args.device)
-    print(f"encoded {n} episode(s) in {args.data}")
+    cfg = config_from_args(CacheConfig, args)
+    n = cache_latents(cfg.data, cfg.tokenizer, cfg.device, cfg.batch)
+    print(f"encoded {n} episode(s) in {cfg.data}")
     return 0

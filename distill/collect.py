@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from worldmodel.actions import Action
 from worldmodel.episode import EpisodeWriter, is_episode
+from worldmodel.flags import add_config_arguments, config_from_args
 
 EVAL_SEED_START = 1_000_000  # worlds at and above this seed are never used for training
 
@@ -178,21 +179,16 @@ def collect(cfg: CollectConfig, progress: bool = True) -> Path:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = CollectConfig()
-    p.add_argument("--out", default=d.out, help="dataset folder (resumes if it exists)")
-    p.add_argument("--episodes", type=int, default=d.episodes)
-    p.add_argument("--frames", type=int, default=d.frames, help="frames per episode")
-    p.add_argument("--size", type=int, default=d.size, help="frame side in pixels")
-    p.add_argument("--seed-start", type=int, default=d.seed_start,
-                   help=f"world seed of episode 0 (use >= {EVAL_SEED_START} for held-out data)")
-    p.add_argument("--workers", type=int, default=d.workers)
+    add_config_arguments(p, CollectConfig(), helps={
+        "out": "dataset folder (resumes if it exists)", "frames": "frames per episode",
+        "size": "frame side in pixels",
+        "seed_start": f"world seed of episode 0 (use >= {EVAL_SEED_START} for held-out data)"})
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.episodes < 1 or args.frames < 2:
+    cfg = config_from_args(CollectConfig, args)
+    if cfg.episodes < 1 or cfg.frames < 2:
         raise SystemExit("wm collect: need at least 1 episode of at least 2 frames")
-    cfg = CollectConfig(out=args.out, episodes=args.episodes, frames=args.frames,
-                        size=args.size, seed_start=args.seed_start, workers=args.workers)
     out = collect(cfg)
     print(f"{cfg.episodes} episodes of {cfg.frames} frames at {cfg.size}px in {out}")
     return 0

@@ -58,6 +58,17 @@ def setup_distributed(device: str = "auto") -> Dist:
     return Dist(rank, world, local, dev)
 
 
+def average_gradients(model: nn.Module, d: Dist) -> None:
+    """Mean of the gradients over ranks. The student trains through `forward_step`, which
+    DDP's forward hook never sees, so the reduction is explicit."""
+    if d.world == 1:
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(d.world)
+
+
 def print0(*args: Any, **kwargs: Any) -> None:
     if int(os.environ.get("RANK", 0)) == 0:
         print(*args, **kwargs, flush=True)

@@ -7,15 +7,18 @@ and copies out only the clips it returns. The stream is infinite and seeded per 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from torch.utils.data import IterableDataset, get_worker_info
 
 from worldmodel.episode import Episode, EpisodeError, find_episodes
 
 LATENTS = "latents.npy"  # per-episode cache written by `wm cache-latents`
+PAIR_KEYS = ("context", "actions", "levels", "target", "real")  # a shard of ODE pairs (distill.ode)
 
 
 def open_episodes(root: str | Path, min_length: int) -> list[Episode]:
@@ -75,3 +78,29 @@ class ClipDataset(IterableDataset):
         else:
             out["frames"] = torch.from_numpy(np.array(ep.frames[start:end]))
         return out
+
+
+class PairSet:
+    """Random access to a folder of ODE pairs; shards are memory-mapped, rows read on demand."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        path = self.folder / "index.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no ODE pairs at {folder} (no index.json); "
+                                    "run `wm distill ode` first")
+        self.index = json.loads(path.read_text())
+        shards = self.index["shards"]
+        if not shards:
+            raise ValueError(f"{folder} holds no finished shard of pairs yet")
+        self._files = [safe_open(str(self.folder / s["file"]), framework="pt") for s in shards]
+        self._rows = [(f, r) for f, s in enumerate(shards) for r in range(s["clips"])]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def batch(self, rows: list[int], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """The pairs of the given clips, each tensor with a leading batch dimension."""
+        picked = [self._rows[i] for i in rows]
+        return {k: torch.cat([self._files[f].get_slice(k)[r:r + 1] for f, r in picked]).to(device)
+                for k in PAIR_KEYS}

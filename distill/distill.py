@@ -13,7 +13,7 @@ on the terminal, log.jsonl and loss.png in the output folder.
 tiny (seconds on CPU; tests/test_distill.py runs it on random weights):
 
     wm train teacher --data data/tiny --tokenizer runs/tok-tiny/model --out runs/t-tiny \\
-                     --preset tiny --steps 20      # after tokenizer and cache-latents, tiny
+                     --model tiny --steps 20      # after tokenizer and cache-latents, tiny
     wm distill ode  --preset tiny     # --data data/tiny --teacher runs/t-tiny/model --out runs/ode-tiny
     wm distill init --preset tiny     # --pairs runs/ode-tiny --out runs/init-tiny
     wm distill dmd  --preset tiny     # --student runs/init-tiny/model --out runs/dmd-tiny
@@ -44,11 +44,9 @@ from typing import Any
 
 from distill import dmd, ode, student_init
 from worldmodel import checkpoint, flags
+from worldmodel.checkpoint import load_student, load_tokenizer
 from worldmodel.flags import add_config_arguments
-from worldmodel.model import DiT, DiTConfig
-from worldmodel.sampling import StudentConfig
 from worldmodel.session import save_world_model
-from worldmodel.tokenizer import load_tokenizer
 
 
 @dataclass
@@ -60,21 +58,17 @@ class PackConfig:
 
 def pack(cfg: PackConfig) -> Path:
     """Write a servable checkpoint folder (WorldSession.from_checkpoint loads it)."""
-    tok = load_tokenizer(cfg.tokenizer)
-    tensors, meta = checkpoint.load(cfg.student)
-    if "sampler" not in meta:
-        raise ValueError(f"{cfg.student} is a {meta.get('kind')!r} checkpoint, not a student "
-                         "(`wm distill init` or `wm distill dmd` writes one)")
-    student = DiT(DiTConfig(**meta["model"]))
-    student.load_state_dict(tensors)
-    known = meta.get("tokenizer_hash")  # recorded when the teacher was trained
+    tok, _ = load_tokenizer(cfg.tokenizer)
+    student, s_meta = load_student(cfg.student)
+    meta = s_meta.sidecar
+    known = s_meta.tokenizer_hash  # recorded when the teacher was trained
     if known and known != checkpoint.file_hash(f"{cfg.tokenizer}.safetensors"):
         raise ValueError(f"{cfg.tokenizer} is not the tokenizer the teacher's latents came from")
     latent = (tok.cfg.latent_channels, tok.cfg.latent_size)
     if latent != (student.cfg.latent_channels, student.cfg.latent_size):
         raise ValueError(f"tokenizer latents {latent} (channels, size) do not fit the student's "
                          f"{(student.cfg.latent_channels, student.cfg.latent_size)}")
-    folder = save_world_model(cfg.out, tok, student, StudentConfig(**meta["sampler"]), {
+    folder = save_world_model(cfg.out, tok, student, s_meta.sampler, {
         "distill": {"stage": meta["stage"], "step": meta["step"], "teacher": meta["teacher"],
                     "student": cfg.student, "tokenizer": cfg.tokenizer}})
     print(f"world model written to {folder} (student from {cfg.student}, {meta['stage']} "

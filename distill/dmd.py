@@ -38,13 +38,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from distill.common import EMA, Run, count_params, loop, print0, setup_distributed
+from distill.common import (
+    EMA,
+    Run,
+    average_gradients,
+    count_params,
+    loop,
+    print0,
+    setup_distributed,
+)
 from distill.data import ClipDataset
-from distill.ode import guided_velocity, load_dit
-from distill.student_init import average_gradients
 from worldmodel import flow
+from worldmodel.checkpoint import load_student, load_teacher
 from worldmodel.model import DiT
-from worldmodel.sampling import StudentConfig, StudentSampler
+from worldmodel.sampling import StudentConfig, StudentSampler, TeacherConfig, guided_velocity
 
 
 @dataclass
@@ -65,7 +72,7 @@ class DmdConfig:
     beta1: float = 0.0
     beta2: float = 0.999
     critic_steps: int = 5  # critic updates per generator update
-    cfg_scale: float = 1.5  # guidance of the real score
+    teacher_cfg: float = TeacherConfig.cfg_scale  # guidance of the real score
     t_min: float = 0.02
     t_max: float = 0.98
     steps: int = 1000  # generator updates
@@ -102,30 +109,19 @@ def rollout(student: DiT, context: torch.Tensor, actions: torch.Tensor, sampler:
     set, the frames before the last grad_frames are played as at inference (all steps, no
     graph) and only the last ones exit early. Returns (B, N, C, h, w).
     """
-    grad = torch.is_grad_enabled()
     B, Fc = context.shape[:2]
     first_scored = Fc if grad_frames is None else actions.shape[1] - grad_frames
     play = StudentSampler(student, sampler, B, fuse_write=False)
     play.prefill(context, actions[:, :Fc])
-    ts, dev, dtype = play.timesteps, context.device, context.dtype
     out = []
     for s in range(Fc, actions.shape[1], sampler.chunk):
         a = actions[:, s:s + sampler.chunk]
         if s < first_scored:  # history: played as at inference, without a graph
             out.append(play.step(a, generator))
             continue
-        c = a.shape[1]
-        exit_step = int(torch.randint(len(ts), (1,), generator=generator, device=dev))
-        x = torch.randn((B, c, *context.shape[2:]), generator=generator, device=dev, dtype=dtype)
-        for k in range(exit_step + 1):
-            t = torch.full((B, c), ts[k], device=dev, dtype=dtype)
-            with torch.set_grad_enabled(grad and k == exit_step):
-                x0 = flow.predict_x0(x, student.forward_step(x, t, a, play.cache), t)
-            if k < exit_step:
-                x = flow.renoise(x0, ts[k + 1], generator)
-        out.append(x0)
-        with torch.no_grad():
-            student.forward_step(x0.detach(), torch.zeros_like(t), a, play.cache, write=True)
+        exit_step = int(torch.randint(len(play.timesteps), (1,), generator=generator,
+                                      device=context.device))
+        out.append(play.step(a, generator, exit_step=exit_step))
     return torch.cat(out, 1)
 
 
@@ -163,7 +159,7 @@ def dmd_loss(x: torch.Tensor, context: torch.Tensor, actions: torch.Tensor, teac
     Fc = context.shape[1]
     with torch.no_grad():
         _, _, x_t, t = noised_clip(context, x, cfg, shift, generator)
-        v_real = guided_velocity(teacher, x_t, t, actions, mode=mode, cfg_scale=cfg.cfg_scale)
+        v_real = guided_velocity(teacher, x_t, t, actions, mode=mode, cfg_scale=cfg.teacher_cfg)
         v_fake = critic(x_t, t, actions, mode=mode)
         x0_real = flow.predict_x0(x_t, v_real, t)[:, Fc:].float()
         x0_fake = flow.predict_x0(x_t, v_fake, t)[:, Fc:].float()
@@ -178,13 +174,11 @@ def train(cfg: DmdConfig) -> DiT:
     """Run DMD from an initialised student (resumable, time-budgeted)."""
     d = setup_distributed(cfg.device)
     torch.manual_seed(cfg.seed + d.rank)
-    teacher, t_meta = load_dit(cfg.teacher, d.device)
-    gen, s_meta = load_dit(cfg.student, d.device)
-    if "sampler" not in s_meta:
-        raise ValueError(f"{cfg.student} is not a student checkpoint (`wm distill init` makes one)")
+    teacher, t_meta = load_teacher(cfg.teacher, d.device)
+    gen, s_meta = load_student(cfg.student, d.device)
     if gen.cfg != teacher.cfg:
         raise ValueError(f"student {cfg.student} and teacher {cfg.teacher} differ in shape")
-    sampler = StudentConfig(**s_meta["sampler"])
+    sampler = s_meta.sampler
     if cfg.clip_len <= sampler.context_length:
         raise ValueError(f"clip_len {cfg.clip_len} leaves no frame after the student's "
                          f"{sampler.context_length} context frames")
@@ -193,7 +187,7 @@ def train(cfg: DmdConfig) -> DiT:
     if n_roll < scored:
         raise ValueError(f"rollout_frames {cfg.rollout_frames} is shorter than the "
                          f"{scored} scored frames of a {cfg.clip_len}-frame clip")
-    mode, shift = t_meta["mode"], t_meta["shift"]
+    mode, shift = t_meta.mode, t_meta.shift
     gen.train().requires_grad_(True)
     critic = copy.deepcopy(teacher).train().requires_grad_(True)
     nets = nn.ModuleDict({"generator": gen, "critic": critic})
@@ -208,7 +202,7 @@ def train(cfg: DmdConfig) -> DiT:
     start = run.resume(nets, opt, ema)
     out_meta = {"model": asdict(gen.cfg), "sampler": asdict(sampler), "stage": "dmd",
                 "teacher": cfg.teacher, "student_init": cfg.student,
-                "tokenizer_hash": s_meta.get("tokenizer_hash")}
+                "tokenizer_hash": s_meta.tokenizer_hash}
 
     # a resumed run draws other clips than the ones it has already trained on
     ds = ClipDataset(cfg.data, clip_len=sampler.context_length + n_roll, seed=cfg.seed + start,
@@ -239,7 +233,7 @@ def train(cfg: DmdConfig) -> DiT:
         opt.step()
 
     print0(f"DMD: student {cfg.student} ({count_params(gen) / 1e6:.2f}M params), {mode} "
-           f"teacher {cfg.teacher} with CFG {cfg.cfg_scale}, rollouts of {n_roll} frames "
+           f"teacher {cfg.teacher} with CFG {cfg.teacher_cfg}, rollouts of {n_roll} frames "
            f"after {Fc} context frames, the last {cfg.clip_len} scored, window {sampler.window}, sinks "
            f"{sampler.sinks}, {cfg.critic_steps} critic updates per generator update")
     stats: dict[str, list[float]] = {}

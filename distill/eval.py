@@ -48,15 +48,16 @@ import torch
 
 from distill.collect import EVAL_SEED_START, Explorer
 from distill.idm import IDM, IDM_PRESETS, ensure_idm, score
-from distill.sample import dream_teacher, load_teacher, play_game
+from distill.sample import dream_teacher, play_game
 from worldmodel import checkpoint
 from worldmodel.actions import Action, stack
+from worldmodel.checkpoint import load_student, load_teacher, load_tokenizer
+from worldmodel.flags import add_config_arguments, config_from_args
 from worldmodel.game import Game
 from worldmodel.metrics import psnr, ssim
-from worldmodel.model import DiT, DiTConfig
-from worldmodel.sampling import StudentConfig
+from worldmodel.sampling import TeacherConfig
 from worldmodel.session import WorldSession, resolve_checkpoint
-from worldmodel.tokenizer import Tokenizer, frames_to_tensor, load_tokenizer, tensor_to_frames
+from worldmodel.tokenizer import Tokenizer, frames_to_tensor, tensor_to_frames
 
 MODELS = ("baseline", "tokenizer", "teacher", "student_init", "student")  # table order
 
@@ -75,8 +76,8 @@ class EvalConfig:
     rollouts: int = 2  # context windows per seed, one horizon apart
     horizons: tuple[int, ...] = (1, 4, 16, 64)
     seed_start: int = EVAL_SEED_START
-    teacher_steps: int = 32
-    teacher_cfg: float = 1.5
+    teacher_steps: int = TeacherConfig.steps
+    teacher_cfg: float = TeacherConfig.cfg_scale
     stability_frames: int = 2000
     response_frames: int = 8  # frames per probe action in the counterfactual test; 0: skip it
     idm: str = "runs/idm/model"
@@ -86,6 +87,7 @@ class EvalConfig:
     out: str = "runs/eval"
     device: str = "auto"
     threads: int = 0  # torch CPU threads, 0: torch's default
+    json: bool = False  # print the result as one JSON object on stdout
 
 
 # ---------------------------------------------------------------------------- stability
@@ -255,13 +257,8 @@ def load_session(path: str, tokenizer: Tokenizer, device: str) -> WorldSession:
     if (p / "student.json").is_file():
         return WorldSession.from_checkpoint(p, device)
     stem = p / "model" if (p / "model.json").is_file() else p
-    tensors, meta = checkpoint.load(stem, device)
-    if "sampler" not in meta:
-        raise ValueError(f"{stem} is a {meta.get('kind')!r} checkpoint, not a student")
-    student = DiT(DiTConfig(**meta["model"]))
-    student.load_state_dict(tensors)
-    return WorldSession(tokenizer, student.to(device).eval(), StudentConfig(**meta["sampler"]),
-                        name=str(path))
+    student, meta = load_student(stem, device)
+    return WorldSession(tokenizer, student, meta.sampler, name=str(path))
 
 
 @dataclass
@@ -567,7 +564,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     folder = resolve_checkpoint(cfg.checkpoint)
     session = WorldSession.from_checkpoint(folder, device)
-    tok = load_tokenizer(cfg.tokenizer, device) if cfg.tokenizer else session.tokenizer
+    tok = load_tokenizer(cfg.tokenizer, device)[0] if cfg.tokenizer else session.tokenizer
     size, ctx = session.size, session.context_length
     if tok.cfg.frame_size != size:
         raise ValueError(f"tokenizer makes {tok.cfg.frame_size}px frames, the checkpoint {size}px")
@@ -581,7 +578,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         teacher, tmeta = load_teacher(cfg.teacher, device)
         streams["teacher"] = (teacher, tmeta)
         sources["teacher"] = f"{cfg.teacher} ({cfg.teacher_steps} steps, cfg {cfg.teacher_cfg})"
-        if tmeta.get("tokenizer_hash") and cfg.tokenizer is None and tmeta["tokenizer_hash"] != \
+        if tmeta.tokenizer_hash and cfg.tokenizer is None and tmeta.tokenizer_hash != \
                 checkpoint.file_hash(folder / "tokenizer.safetensors"):
             log("warning: the teacher was trained on another tokenizer's latents than the "
                 "checkpoint's; pass --tokenizer to use its own")
@@ -722,49 +719,24 @@ def stability(session: WorldSession, cfg: EvalConfig, ctx: int, idm_model: IDM,
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = EvalConfig()
-    p.add_argument("--checkpoint", default=d.checkpoint, help="world-model folder (or name under assets/)")
-    p.add_argument("--teacher", default=None, help="teacher checkpoint stem (runs/teacher/model)")
-    p.add_argument("--student-init", default=None,
-                   help="the initialised student: a world-model folder or runs/student-init/model")
-    p.add_argument("--tokenizer", default=None, help="tokenizer stem (default: the checkpoint's)")
-    p.add_argument("--seeds", type=int, default=d.seeds, help=f"held-out worlds from {EVAL_SEED_START}")
-    p.add_argument("--rollouts", type=int, default=d.rollouts, help="context windows per world")
-    p.add_argument("--horizons", default=",".join(map(str, d.horizons)),
-                   help="frames ahead to report, comma-separated")
-    p.add_argument("--seed-start", type=int, default=d.seed_start)
-    p.add_argument("--teacher-steps", type=int, default=d.teacher_steps)
-    p.add_argument("--teacher-cfg", type=float, default=d.teacher_cfg)
-    p.add_argument("--stability-frames", type=int, default=d.stability_frames)
-    p.add_argument("--response-frames", type=int, default=d.response_frames,
-                   help="frames per probe action (none, forward, yaw+, yaw-) in the counterfactual "
-                        "test; 0 skips it")
-    p.add_argument("--idm", default=d.idm, help="inverse-dynamics model stem (trained there if absent)")
-    p.add_argument("--train-idm", action="store_true", help="train the IDM even if one exists")
-    p.add_argument("--idm-preset", default=d.idm_preset, choices=sorted(IDM_PRESETS))
-    p.add_argument("--idm-steps", type=int, default=d.idm_steps, help="IDM training steps (0: preset)")
-    p.add_argument("--out", default=d.out, help="folder for eval.json, report.md and plots")
-    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: default)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
-
-
-def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    try:
-        horizons = tuple(int(h) for h in str(args.horizons).split(",") if h.strip())
-    except ValueError:
-        raise SystemExit(f"wm eval: --horizons takes comma-separated integers, got {args.horizons!r}") from None
-    return EvalConfig(
-        checkpoint=args.checkpoint, teacher=args.teacher, student_init=args.student_init,
-        tokenizer=args.tokenizer, seeds=args.seeds, rollouts=args.rollouts, horizons=horizons,
-        seed_start=args.seed_start, teacher_steps=args.teacher_steps, teacher_cfg=args.teacher_cfg,
-        stability_frames=args.stability_frames, response_frames=args.response_frames, idm=args.idm, train_idm=args.train_idm,
-        idm_preset=args.idm_preset, idm_steps=args.idm_steps, out=args.out, device=args.device,
-        threads=args.threads)
+    add_config_arguments(p, EvalConfig(), choices={
+        "idm_preset": sorted(IDM_PRESETS), "device": ["auto", "cpu", "cuda"]}, helps={
+        "checkpoint": "world-model folder (or name under assets/)",
+        "teacher": "teacher checkpoint stem (runs/teacher/model)",
+        "student_init": "the initialised student: a world-model folder or runs/student-init/model",
+        "tokenizer": "tokenizer stem (default: the checkpoint's)",
+        "seeds": f"held-out worlds from {EVAL_SEED_START}",
+        "rollouts": "context windows per world", "horizons": "frames ahead to report",
+        "response_frames": "frames per probe action (none, forward, yaw+, yaw-) in the "
+                           "counterfactual test; 0 skips it",
+        "idm": "inverse-dynamics model stem (trained there if absent)",
+        "train_idm": "train the IDM even if one exists", "idm_steps": "IDM training steps (0: preset)",
+        "out": "folder for eval.json, report.md and plots", "threads": "torch CPU threads (0: default)",
+        "json": "print the result as one JSON object on stdout"})
 
 
 def main(args: argparse.Namespace) -> int:
-    r = evaluate(config_from_args(args))
+    r = evaluate(config_from_args(EvalConfig, args))
     if args.json:
         print(json.dumps(r))
         return 0

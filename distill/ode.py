@@ -5,7 +5,7 @@
 From the first `context` latents of a real clip and the clip's real actions, the teacher
 (with classifier-free guidance on actions) integrates the flow ODE from noise for every later
 frame. Each generated frame is kept at the student's K noise levels, which lie on the Euler
-grid because `steps` is a multiple of K, together with the ODE end point x0. Two targets:
+grid because `teacher_steps` is a multiple of K, together with the ODE end point x0. Two targets:
 
   autoregressive  frame by frame as `teacher_rollout` samples: the new frame is the last of the
                   clip and the frames before it are clean (the real context, then the frame's
@@ -34,18 +34,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
 from tqdm import tqdm
 
 from distill.common import Run, plot_log, print0, setup_distributed
-from distill.data import ClipDataset
+from distill.data import PAIR_KEYS, ClipDataset
 from worldmodel import checkpoint, flow
+from worldmodel.checkpoint import load_teacher
 from worldmodel.episode import write_json_atomic
-from worldmodel.model import DiT, DiTConfig
-from worldmodel.sampling import StudentConfig
+from worldmodel.model import DiT
+from worldmodel.sampling import StudentConfig, TeacherConfig, teacher_denoise, teacher_rollout
 
 TARGETS = ("autoregressive", "joint")
-PAIR_KEYS = ("context", "actions", "levels", "target", "real")
 
 
 @dataclass
@@ -57,10 +56,11 @@ class OdeConfig:
     clips: int = 1024  # clips in the folder when done (a rerun with more adds shards)
     context: int = StudentConfig.context_length  # real frames each clip starts from
     clip_len: int = 8  # context + generated frames
-    steps: int = 32  # Euler steps of the teacher, a multiple of student_steps
+    teacher_steps: int = TeacherConfig.steps  # Euler steps, a multiple of student_steps
+    # the Euler grid's shift: the student's, so that its levels lie on the grid
     shift: float = StudentConfig.shift
     student_steps: int = StudentConfig.steps
-    cfg_scale: float = 1.5
+    teacher_cfg: float = TeacherConfig.cfg_scale
     batch_size: int = 16
     shard_size: int = 256
     max_minutes: float = 600.0
@@ -70,87 +70,43 @@ class OdeConfig:
 
 PRESETS: dict[str, OdeConfig] = {
     "tiny": OdeConfig(data="data/tiny", teacher="runs/t-tiny/model", out="runs/ode-tiny",
-                      clips=8, context=2, clip_len=4, steps=8, batch_size=4, shard_size=4,
+                      clips=8, context=2, clip_len=4, teacher_steps=8, batch_size=4, shard_size=4,
                       max_minutes=5.0),
     "cpu": OdeConfig(clips=512, batch_size=8, shard_size=64, max_minutes=90.0),
     "gpu": OdeConfig(clips=8192, batch_size=64, shard_size=512, max_minutes=480.0),
 }
 
 
-def load_dit(stem: str | Path, device: str | torch.device = "cpu") -> tuple[DiT, dict]:
-    """A frozen DiT (teacher, or student of an earlier stage) and its JSON sidecar."""
-    tensors, meta = checkpoint.load(stem, device)
-    if "model" not in meta:
-        raise ValueError(f"{stem} is a {meta.get('kind')!r} checkpoint, not a DiT")
-    net = DiT(DiTConfig(**meta["model"]))
-    net.load_state_dict(tensors)
-    return net.to(device).eval().requires_grad_(False), meta
-
-
-def guided_velocity(model: DiT, x: torch.Tensor, t: torch.Tensor, actions: torch.Tensor, *,
-                    mode: str, cfg_scale: float) -> torch.Tensor:
-    """Velocity with classifier-free guidance on actions, computed as `teacher_rollout` does
-    (one doubled batch, the actions of the whole clip dropped in the second half).
-    x (B, F, C, h, w), t (B, F), actions (B, F, A) -> (B, F, C, h, w)."""
-    if cfg_scale == 1.0:
-        return model(x, t, actions, mode=mode)
-    B = x.shape[0]
-    keep = torch.tensor([True] * B + [False] * B, device=x.device)
-    v = model(x.repeat(2, 1, 1, 1, 1), t.repeat(2, 1), actions.repeat(2, 1, 1), mode=mode,
-              action_mask=keep)
-    return flow.cfg_combine(v[:B], v[B:], cfg_scale)
-
-
 @torch.no_grad()
 def ode_pairs(teacher: DiT, context: torch.Tensor, context_actions: torch.Tensor,
-              actions: torch.Tensor, *, target: str = "autoregressive",
-              mode: str = "bidirectional", clip_len: int = 8, steps: int = 32,
-              shift: float = 3.0, levels: int = 4, cfg_scale: float = 1.5,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              actions: torch.Tensor, cfg: TeacherConfig, *, target: str = "autoregressive",
+              levels: int = StudentConfig.steps, generator: torch.Generator | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher ODE trajectories of the N frames that follow a real context.
 
     context (B, Fc, C, h, w) clean latents led into by context_actions (B, Fc, A); actions
-    (B, N, A) for the frames to generate. clip_len is the most frames the teacher sees at once
-    (the autoregressive target keeps the last clip_len - 1 frames clean). Noise is drawn one
-    frame at a time from `generator`, in the order `teacher_rollout` draws it, for both targets.
-    Returns the frames at the times `flow.ode_timesteps(steps, shift)[::steps // levels]` (the
-    student's levels), (B, N, levels, C, h, w), and the ODE end points (B, N, C, h, w).
+    (B, N, A) for the frames to generate. cfg.clip_len is the most frames the teacher sees at
+    once (the autoregressive target keeps the last clip_len - 1 frames clean). Noise is drawn
+    one frame at a time from `generator`, in the order `teacher_rollout` draws it, for both
+    targets. Returns the frames at the times `flow.ode_timesteps(steps, shift)[::steps //
+    levels]` (the student's levels), (B, N, levels, C, h, w), and the ODE end points
+    (B, N, C, h, w).
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-    if steps % levels:
-        raise ValueError(f"steps ({steps}) must be a multiple of the student's {levels} levels")
+    if cfg.steps % levels:
+        raise ValueError(f"steps ({cfg.steps}) must be a multiple of the student's {levels} levels")
+    every = cfg.steps // levels
+    if target == "autoregressive":
+        end, path = teacher_rollout(teacher, context, context_actions, actions, cfg, generator,
+                                    trajectory=True)
+        return path[:, :, :-1:every], end
     B, N = actions.shape[:2]
-    noise = [torch.randn((B, 1, *context.shape[2:]), generator=generator, device=context.device,
-                         dtype=context.dtype) for _ in range(N)]
-    every = steps // levels
-
-    def solve(clean, acts, x_new):
-        """Denoise x_new (B, n, ...) after the clean frames; acts cover both."""
-        n, F = x_new.shape[1], clean.shape[1] + x_new.shape[1]
-
-        def velocity(x, t):
-            tt = torch.zeros(B, F, device=x.device, dtype=x.dtype)
-            tt[:, -n:] = t
-            v = guided_velocity(teacher, torch.cat([clean, x], 1), tt, acts, mode=mode,
-                                cfg_scale=cfg_scale)
-            return v[:, -n:]
-
-        end, path, _ = flow.euler_sample(velocity, x_new, steps, shift, trajectory=True)
-        return path[:-1:every].movedim(0, 2), end  # (B, n, levels, C, h, w), (B, n, C, h, w)
-
-    if target == "joint":
-        return solve(context, torch.cat([context_actions, actions], 1), torch.cat(noise, 1))
-    frames, acts = context, context_actions
-    out_levels, out_end = [], []
-    for i in range(N):
-        ctx, ctx_a = frames[:, -(clip_len - 1):], acts[:, -(clip_len - 1):]
-        lv, new = solve(ctx, torch.cat([ctx_a, actions[:, i:i + 1]], 1), noise[i])
-        out_levels.append(lv)
-        out_end.append(new)
-        frames = torch.cat([frames, new], 1)[:, -(clip_len - 1):]
-        acts = torch.cat([acts, actions[:, i:i + 1]], 1)[:, -(clip_len - 1):]
-    return torch.cat(out_levels, 1), torch.cat(out_end, 1)
+    noise = torch.cat([torch.randn((B, 1, *context.shape[2:]), generator=generator,
+                                   device=context.device, dtype=context.dtype) for _ in range(N)], 1)
+    end, path = teacher_denoise(teacher, context, torch.cat([context_actions, actions], 1), noise,
+                                cfg, trajectory=True)
+    return path[:-1:every].movedim(0, 2), end
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,32 +127,6 @@ def write_index(out: Path, settings: dict, extra: dict) -> dict:
     return index
 
 
-class PairSet:
-    """Random access to a folder of ODE pairs; shards are memory-mapped, rows read on demand."""
-
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
-        path = self.folder / "index.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no ODE pairs at {folder} (no index.json); "
-                                    "run `wm distill ode` first")
-        self.index = json.loads(path.read_text())
-        shards = self.index["shards"]
-        if not shards:
-            raise ValueError(f"{folder} holds no finished shard of pairs yet")
-        self._files = [safe_open(str(self.folder / s["file"]), framework="pt") for s in shards]
-        self._rows = [(f, r) for f, s in enumerate(shards) for r in range(s["clips"])]
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def batch(self, rows: list[int], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        """The pairs of the given clips, each tensor with a leading batch dimension."""
-        picked = [self._rows[i] for i in rows]
-        return {k: torch.cat([self._files[f].get_slice(k)[r:r + 1] for f, r in picked]).to(device)
-                for k in PAIR_KEYS}
-
-
 # ---------------------------------------------------------------------------------------------
 # The stage
 
@@ -207,19 +137,24 @@ def generate(cfg: OdeConfig) -> Path:
         raise ValueError(f"target must be one of {TARGETS}, got {cfg.target!r}")
     if not 0 < cfg.context < cfg.clip_len:
         raise ValueError(f"need 0 < context < clip_len, got {cfg.context}, {cfg.clip_len}")
-    if cfg.steps % cfg.student_steps:
-        raise ValueError(f"steps ({cfg.steps}) must be a multiple of {cfg.student_steps}")
+    if cfg.teacher_steps % cfg.student_steps:
+        raise ValueError(f"teacher_steps ({cfg.teacher_steps}) must be a multiple of "
+                         f"{cfg.student_steps}")
     d = setup_distributed(cfg.device)
-    teacher, meta = load_dit(cfg.teacher, d.device)
-    if cfg.target == "joint" and cfg.clip_len > meta["clip_len"]:
+    teacher, meta = load_teacher(cfg.teacher, d.device)
+    if cfg.target == "joint" and cfg.clip_len > meta.clip_len:
         raise ValueError(f"joint targets denoise a whole clip, and the teacher was trained on "
-                         f"clips of {meta['clip_len']} frames, not {cfg.clip_len}")
-    times = flow.ode_timesteps(cfg.steps, cfg.shift)[:-1:cfg.steps // cfg.student_steps]
+                         f"clips of {meta.clip_len} frames, not {cfg.clip_len}")
+    sampling = TeacherConfig(steps=cfg.teacher_steps, cfg_scale=cfg.teacher_cfg, shift=cfg.shift,
+                             clip_len=meta.clip_len, mode=meta.mode)
+    every = cfg.teacher_steps // cfg.student_steps
+    times = flow.ode_timesteps(cfg.teacher_steps, cfg.shift)[:-1:every]
+    # the sidecars' keys predate the flag names; kept so that existing folders resume
     settings = {"teacher_hash": checkpoint.file_hash(f"{cfg.teacher}.safetensors"),
-                "mode": meta["mode"], "target": cfg.target, "steps": cfg.steps,
-                "shift": cfg.shift, "levels": cfg.student_steps, "cfg_scale": cfg.cfg_scale,
+                "mode": meta.mode, "target": cfg.target, "steps": cfg.teacher_steps,
+                "shift": cfg.shift, "levels": cfg.student_steps, "cfg_scale": cfg.teacher_cfg,
                 "context": cfg.context, "clip_len": cfg.clip_len}
-    extra = {"teacher": cfg.teacher, "model": meta["model"], "times": times.tolist(),
+    extra = {"teacher": cfg.teacher, "model": asdict(meta.model), "times": times.tolist(),
              "frames": cfg.clip_len - cfg.context}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,8 +171,8 @@ def generate(cfg: OdeConfig) -> Path:
 
     ds = ClipDataset(cfg.data, clip_len=cfg.clip_len, seed=cfg.seed, latents=True)
     run = Run(out, "ode", asdict(cfg), d)
-    print0(f"ODE pairs ({cfg.target}, {cfg.steps} steps, CFG {cfg.cfg_scale}) from the "
-           f"{meta['mode']} teacher {cfg.teacher}: {done} of {cfg.clips} clips done, "
+    print0(f"ODE pairs ({cfg.target}, {cfg.teacher_steps} steps, CFG {cfg.teacher_cfg}) from the "
+           f"{meta.mode} teacher {cfg.teacher}: {done} of {cfg.clips} clips done, "
            f"levels t = {[round(t, 3) for t in times.tolist()]}")
     began = time.monotonic()
     bar = tqdm(total=cfg.clips, initial=done, desc="ode", unit="clip", disable=not d.main,
@@ -252,11 +187,8 @@ def generate(cfg: OdeConfig) -> Path:
             lat = torch.stack([c["latents"] for c in clips]).to(d.device)  # (B, F, C, h, w)
             act = torch.stack([c["actions"] for c in clips]).to(d.device)  # (B, F, A)
             Fc = cfg.context
-            levels, end = ode_pairs(teacher, lat[:, :Fc], act[:, :Fc], act[:, Fc:],
-                                    target=cfg.target, mode=meta["mode"],
-                                    clip_len=meta["clip_len"], steps=cfg.steps, shift=cfg.shift,
-                                    levels=cfg.student_steps, cfg_scale=cfg.cfg_scale,
-                                    generator=gen)
+            levels, end = ode_pairs(teacher, lat[:, :Fc], act[:, :Fc], act[:, Fc:], sampling,
+                                    target=cfg.target, levels=cfg.student_steps, generator=gen)
             for k, v in zip(PAIR_KEYS, (lat[:, :Fc], act, levels, end, lat[:, Fc:])):
                 parts[k].append(v.cpu())
             bar.update(len(clips))

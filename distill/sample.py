@@ -1,7 +1,8 @@
 """`wm sample`: roll a teacher out from real context under real actions, next to the game.
 
     wm sample --teacher runs/teacher/model --tokenizer runs/tokenizer/model \\
-              --seed 1000000 --context 4 --frames 32 --steps 32 --cfg 1.5 --out sample.mp4
+              --seed 1000000 --context 4 --frames 32 --teacher-steps 32 --teacher-cfg 1.5 \\
+              --out sample.mp4
 
 The game plays world `--seed` under a scripted explorer (or `--script`, a comma list such
 as "forward:20,yaw=1:10,pitch=-0.5:5,idle:5"); the first `--context` frames are given to
@@ -14,20 +15,36 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from distill.collect import Explorer
-from worldmodel import checkpoint
 from worldmodel.actions import Action, parse_script, stack
+from worldmodel.checkpoint import TeacherMeta, load_teacher, load_tokenizer
+from worldmodel.flags import add_config_arguments, config_from_args
 from worldmodel.game import Game
 from worldmodel.metrics import psnr
-from worldmodel.model import DiT, DiTConfig
-from worldmodel.sampling import teacher_rollout
-from worldmodel.tokenizer import Tokenizer, frames_to_tensor, load_tokenizer, tensor_to_frames
+from worldmodel.model import DiT
+from worldmodel.sampling import TeacherConfig, teacher_rollout
+from worldmodel.tokenizer import Tokenizer, frames_to_tensor, tensor_to_frames
 from worldmodel.video import export
+
+
+@dataclass
+class SampleConfig:
+    teacher: str = "runs/teacher/model"
+    tokenizer: str = "runs/tokenizer/model"
+    seed: int = 1_000_000
+    context: int = 4
+    frames: int = 32
+    teacher_steps: int = TeacherConfig.steps
+    teacher_cfg: float = TeacherConfig.cfg_scale
+    script: str | None = None
+    out: str = "sample.mp4"
+    device: str = "cpu"
 
 
 def play_game(seed: int, size: int, n: int, script: list[Action] | None = None):
@@ -42,17 +59,8 @@ def play_game(seed: int, size: int, n: int, script: list[Action] | None = None):
     return np.stack(frames), actions
 
 
-def load_teacher(stem, device="cpu") -> tuple[DiT, dict]:
-    tensors, meta = checkpoint.load(stem, device)
-    if meta.get("kind") not in ("teacher", "causal_teacher"):
-        raise ValueError(f"{stem} is a {meta.get('kind')!r} checkpoint, not a teacher")
-    model = DiT(DiTConfig(**meta["model"]))
-    model.load_state_dict(tensors)
-    return model.to(device).eval(), meta
-
-
 @torch.no_grad()
-def dream_teacher(model: DiT, meta: dict, tok: Tokenizer, frames: np.ndarray,
+def dream_teacher(model: DiT, meta: TeacherMeta, tok: Tokenizer, frames: np.ndarray,
                   actions: list[Action], context: int, steps: int, cfg_scale: float,
                   seed: int = 0) -> np.ndarray:
     """Frames after the first `context`, dreamt by the teacher: uint8 [n - context, S, S, 3]."""
@@ -60,37 +68,33 @@ def dream_teacher(model: DiT, meta: dict, tok: Tokenizer, frames: np.ndarray,
     z = tok.encode(frames_to_tensor(torch.from_numpy(frames[:context])).to(dev))[None]
     a = torch.from_numpy(stack(actions))[None].to(dev)
     g = torch.Generator(device=dev).manual_seed(seed)
-    out = teacher_rollout(model, z, a[:, :context], a[:, context:], mode=meta["mode"],
-                          clip_len=meta["clip_len"], steps=steps, shift=meta["shift"],
-                          cfg_scale=cfg_scale, generator=g)
+    out = teacher_rollout(model, z, a[:, :context], a[:, context:], meta.sampling(steps, cfg_scale),
+                          generator=g)
     return tensor_to_frames(tok.decode(out[0]).cpu()).numpy()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", required=True, help="teacher checkpoint stem (runs/teacher/model)")
-    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint stem")
-    p.add_argument("--seed", type=int, default=1_000_000, help="world seed (held-out by default)")
-    p.add_argument("--context", type=int, default=4)
-    p.add_argument("--frames", type=int, default=32, help="frames to dream")
-    p.add_argument("--steps", type=int, default=32, help="Euler steps per frame")
-    p.add_argument("--cfg", type=float, default=1.5, help="guidance scale on actions")
-    p.add_argument("--script", default=None, help="scripted actions instead of the explorer")
-    p.add_argument("--out", default="sample.mp4", help=".mp4 or .gif")
-    p.add_argument("--device", default="cpu")
+    add_config_arguments(p, SampleConfig(), helps={
+        "seed": "world seed (held-out by default)", "frames": "frames to dream",
+        "teacher_steps": "Euler steps per frame", "teacher_cfg": "guidance scale on actions",
+        "script": "scripted actions instead of the explorer", "out": ".mp4 or .gif"})
 
 
 def main(args: argparse.Namespace) -> int:
-    tok = load_tokenizer(args.tokenizer, args.device)
+    args = config_from_args(SampleConfig, args)
+    tok, _ = load_tokenizer(args.tokenizer, args.device)
     model, meta = load_teacher(args.teacher, args.device)
     script = parse_script(args.script) if args.script else None
     n = args.context + args.frames
     frames, actions = play_game(args.seed, tok.cfg.frame_size, n, script)
-    dream = dream_teacher(model, meta, tok, frames, actions, args.context, args.steps, args.cfg)
+    dream = dream_teacher(model, meta, tok, frames, actions, args.context, args.teacher_steps,
+                          args.teacher_cfg)
     real = frames[args.context:]
     scores = psnr(real, dream)
     side = np.concatenate([frames, np.concatenate([frames[:args.context], dream])], axis=2)
-    out = export(side, args.out, fps=20)
-    report = {"seed": args.seed, "context": args.context, "steps": args.steps, "cfg": args.cfg,
+    out = export(side, args.out, fps=Game.fps)
+    report = {"seed": args.seed, "context": args.context, "steps": args.teacher_steps,
+              "cfg": args.teacher_cfg,
               "psnr": [round(float(x), 3) for x in scores],
               "psnr_repeat_last": [round(float(x), 3) for x in
                                    psnr(real, np.repeat(frames[args.context - 1:args.context],

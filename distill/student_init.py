@@ -16,12 +16,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.distributed as dist
-import torch.nn as nn
 
-from distill.common import EMA, Dist, Run, cosine_lr, count_params, loop, print0, setup_distributed
-from distill.ode import PairSet, load_dit
+from distill.common import (
+    EMA,
+    Run,
+    average_gradients,
+    cosine_lr,
+    count_params,
+    loop,
+    print0,
+    setup_distributed,
+)
+from distill.data import PairSet
 from worldmodel import flow
+from worldmodel.checkpoint import load_teacher
 from worldmodel.model import DiT
 from worldmodel.sampling import StudentConfig, StudentSampler
 
@@ -37,6 +45,8 @@ class InitConfig:
     batch_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
     warmup: int = 50
     steps: int = 3000
     max_minutes: float = 60.0
@@ -56,17 +66,6 @@ PRESETS: dict[str, InitConfig] = {
     "gpu": InitConfig(batch_size=32, lr=5e-5, steps=5000, warmup=200, max_minutes=120.0,
                       log_every=25, ckpt_every=250),
 }
-
-
-def average_gradients(model: nn.Module, d: Dist) -> None:
-    """Mean of the gradients over ranks. The student trains through `forward_step`, which
-    DDP's forward hook never sees, so the reduction is explicit."""
-    if d.world == 1:
-        return
-    for p in model.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad.div_(d.world)
 
 
 def init_backward(student: DiT, batch: dict[str, torch.Tensor], sampler: StudentConfig,
@@ -111,7 +110,7 @@ def train(cfg: InitConfig) -> DiT:
     torch.manual_seed(cfg.seed + d.rank)
     pairs = PairSet(cfg.pairs)
     index = pairs.index
-    student, meta = load_dit(cfg.teacher, d.device)
+    student, meta = load_teacher(cfg.teacher, d.device)
     student.train().requires_grad_(True)
     shape = (student.cfg.latent_channels, student.cfg.latent_size)
     pair_shape = (index["model"]["latent_channels"], index["model"]["latent_size"])
@@ -128,14 +127,14 @@ def train(cfg: InitConfig) -> DiT:
     print0(f"student init from {cfg.teacher} ({count_params(student) / 1e6:.2f}M params) on "
            f"{len(pairs)} clips of {index['settings']['target']} ODE pairs; window "
            f"{cfg.window}, sinks {cfg.sinks}, levels {[round(t, 3) for t in levels.tolist()]}")
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             weight_decay=cfg.weight_decay)
     ema = EMA(student, cfg.ema_decay)
     run = Run(cfg.out, "student_init", asdict(cfg), d)
     start = run.resume(student, opt, ema)
     out_meta = {"model": asdict(student.cfg), "sampler": asdict(sampler), "stage": "init",
                 "teacher": cfg.teacher, "pairs": cfg.pairs,
-                "tokenizer_hash": meta.get("tokenizer_hash")}  # None where the teacher knew none
+                "tokenizer_hash": meta.tokenizer_hash}  # None where the teacher knew none
     err_sum, count, grad_norms = torch.zeros(sampler.steps), torch.zeros(sampler.steps), []
     done = start
     for step in loop(start, cfg.steps, cfg.max_minutes, d, "init"):

@@ -1,7 +1,7 @@
 """Train the teacher: an action-conditioned flow-matching DiT on cached latent clips.
 
-    wm train teacher --data data/train --tokenizer runs/tokenizer/model --out runs/teacher --preset cpu
-    wm train teacher --data data/tiny --tokenizer runs/tok-tiny/model --out runs/t-tiny --preset tiny --steps 20
+    wm train teacher --data data/train --tokenizer runs/tokenizer/model --out runs/teacher --model cpu
+    wm train teacher --data data/tiny --tokenizer runs/tok-tiny/model --out runs/t-tiny --model tiny --steps 20
 
 Each clip of F frames starts with a random number of clean context frames (t = 0, or a
 little noise so the model tolerates its own imperfect frames as context); the other frames
@@ -27,15 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from distill.common import (
-    EMA,
-    Run,
-    cosine_lr,
-    count_params,
-    loop,
-    print0,
-    setup_distributed,
-)
+from distill.common import EMA, Run, cosine_lr, count_params, loop, print0, setup_distributed
 from distill.data import ClipDataset
 from worldmodel import checkpoint, flow
 from worldmodel.flags import add_config_arguments, config_from_args
@@ -47,12 +39,15 @@ class TeacherTrainConfig:
     data: str = "data/train"
     tokenizer: str = "runs/tokenizer/model"
     out: str = "runs/teacher"
-    preset: str = "cpu"
+    model: str = "cpu"  # network size: a preset of worldmodel.model.PRESETS
     mode: str = "bidirectional"
     clip_len: int = 8
     batch_size: int = 8
     lr: float = 3e-4
     weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
     warmup: int = 200
     steps: int = 20000
     max_minutes: float = 60.0
@@ -125,9 +120,9 @@ def train(cfg: TeacherTrainConfig) -> DiT:
     ds = ClipDataset(cfg.data, clip_len=cfg.clip_len, seed=cfg.seed, latents=True)
     ds.rank = d.rank
     C, h = ds.sample(np.random.default_rng(0))["latents"].shape[1:3]
-    model_cfg = get_config(cfg.preset, latent_channels=C, latent_size=h)
+    model_cfg = get_config(cfg.model, latent_channels=C, latent_size=h)
     net = DiT(model_cfg).to(d.device)
-    print0(f"{cfg.mode} DiT {cfg.preset}: {count_params(net) / 1e6:.2f}M params, latents "
+    print0(f"{cfg.mode} DiT {cfg.model}: {count_params(net) / 1e6:.2f}M params, latents "
            f"{C}x{h}x{h}, clips of {cfg.clip_len}, {len(ds.episodes)} episodes / "
            f"{ds.frames_total} frames, {d.world} process(es) on {d.device}")
     model = torch.nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
@@ -136,7 +131,7 @@ def train(cfg: TeacherTrainConfig) -> DiT:
         (decay if p.dim() >= 2 else no_decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.99))
+                            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     ema = EMA(net, cfg.ema_decay)
     kind = "teacher" if cfg.mode == "bidirectional" else "causal_teacher"
     run = Run(cfg.out, kind, asdict(cfg), d)
@@ -167,7 +162,7 @@ def train(cfg: TeacherTrainConfig) -> DiT:
         loss = flow.flow_loss(v.float(), x0, noise, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         ema.update(net, step)
         if step % cfg.log_every == 0:
@@ -184,7 +179,7 @@ def train(cfg: TeacherTrainConfig) -> DiT:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, TeacherTrainConfig(), choices={
-        "preset": sorted(PRESETS), "mode": ["bidirectional", "causal"],
+        "model": sorted(PRESETS), "mode": ["bidirectional", "causal"],
         "noise": ["uniform", "independent"]})
 
 

@@ -1,7 +1,7 @@
 """Train the frame tokenizer (convolutional autoencoder).
 
-    wm train tokenizer --data data/train --val data/val --out runs/tokenizer --preset cpu
-    wm train tokenizer --data data/tiny --out runs/tok-tiny --preset tiny --steps 30   # seconds
+    wm train tokenizer --data data/train --val data/val --out runs/tokenizer --model cpu
+    wm train tokenizer --data data/tiny --out runs/tok-tiny --model tiny --steps 30   # seconds
 
 Loss: L1 + MSE on pixels. The latents get a little Gaussian noise during training so that
 the decoder tolerates the imperfect latents a diffusion model produces. After training the
@@ -19,15 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from distill.common import (
-    EMA,
-    Run,
-    cosine_lr,
-    count_params,
-    loop,
-    print0,
-    setup_distributed,
-)
+from distill.common import EMA, Run, cosine_lr, count_params, loop, print0, setup_distributed
 from distill.data import ClipDataset, open_episodes
 from worldmodel.flags import add_config_arguments, config_from_args
 from worldmodel.metrics import psnr, ssim
@@ -45,13 +37,17 @@ class TokenizerTrainConfig:
     data: str = "data/train"
     val: str | None = None
     out: str = "runs/tokenizer"
-    preset: str = "cpu"
+    model: str = "cpu"  # network size: a preset of worldmodel.tokenizer.TOKENIZER_PRESETS
     batch_size: int = 32
     lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
     warmup: int = 200
     steps: int = 6000
     max_minutes: float = 30.0
     latent_noise: float = 0.1
+    latent_penalty: float = 1e-4  # weight of mean z^2 in the loss: keeps the latents bounded
     ema_decay: float = 0.999
     log_every: int = 50
     ckpt_every: int = 500
@@ -90,18 +86,19 @@ def evaluate(tok: Tokenizer, data: str, max_frames: int = 512, device="cpu") -> 
 def train(cfg: TokenizerTrainConfig) -> Tokenizer:
     d = setup_distributed(cfg.device)
     torch.manual_seed(cfg.seed + d.rank)
-    model_cfg = TOKENIZER_PRESETS[cfg.preset]
+    model_cfg = TOKENIZER_PRESETS[cfg.model]
     ds = ClipDataset(cfg.data, clip_len=1, seed=cfg.seed)
     ds.rank = d.rank
     size = ds.episodes[0].size
     if size != model_cfg.frame_size:
         model_cfg = TokenizerConfig(**{**asdict(model_cfg), "frame_size": size})
     tok = Tokenizer(model_cfg).to(d.device)
-    print0(f"tokenizer {cfg.preset}: {count_params(tok) / 1e6:.2f}M params "
+    print0(f"tokenizer {cfg.model}: {count_params(tok) / 1e6:.2f}M params "
            f"(decoder {count_params(tok.decoder) / 1e6:.2f}M), {len(ds.episodes)} episodes, "
            f"{ds.frames_total} frames at {size}px")
     model = torch.nn.parallel.DistributedDataParallel(tok) if d.world > 1 else tok
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0,
+                            betas=(cfg.beta1, cfg.beta2))
     ema = EMA(tok, cfg.ema_decay)
     run = Run(cfg.out, "tokenizer", asdict(cfg), d)
     start = run.resume(model, opt, ema)
@@ -115,10 +112,10 @@ def train(cfg: TokenizerTrainConfig) -> Tokenizer:
         x = frames_to_tensor(next(loader)["frames"][:, 0].to(d.device))  # (B, 3, S, S)
         rec, z = model(x, cfg.latent_noise)
         l1, mse = F.l1_loss(rec, x), F.mse_loss(rec, x)
-        loss = l1 + mse + 1e-4 * z.pow(2).mean()
+        loss = l1 + mse + cfg.latent_penalty * z.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         ema.update(tok, step)
         if step % cfg.log_every == 0:
@@ -139,7 +136,7 @@ def train(cfg: TokenizerTrainConfig) -> Tokenizer:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p, TokenizerTrainConfig(), choices={"preset": sorted(TOKENIZER_PRESETS)})
+    add_config_arguments(p, TokenizerTrainConfig(), choices={"model": sorted(TOKENIZER_PRESETS)})
 
 
 def main(args: argparse.Namespace) -> int:

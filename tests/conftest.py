@@ -34,11 +34,11 @@ def tiny_pipeline(tmp_path_factory) -> TinyPipeline:
     root = tmp_path_factory.mktemp("pipeline")
     data = root / "data"
     collect(CollectConfig(out=str(data), episodes=3, frames=48, size=32, workers=1), progress=False)
-    train_tokenizer(TokenizerTrainConfig(data=str(data), out=str(root / "tok"), preset="tiny",
+    train_tokenizer(TokenizerTrainConfig(data=str(data), out=str(root / "tok"), model="tiny",
                                          steps=30, batch_size=8, workers=0, ckpt_every=1000))
     cache_latents(str(data), str(root / "tok" / "model"))
     train_teacher(TeacherTrainConfig(data=str(data), tokenizer=str(root / "tok" / "model"),
-                                     out=str(root / "teacher"), preset="tiny", clip_len=4,
+                                     out=str(root / "teacher"), model="tiny", clip_len=4,
                                      steps=20, batch_size=4, workers=0, ckpt_every=1000))
     return TinyPipeline(data, root / "tok" / "model", root / "teacher" / "model")
 

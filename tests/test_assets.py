@@ -1,13 +1,15 @@
 """The shipped default: what `make play` loads, and what its model card's `wm eval` needs."""
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
 from distill.eval import load_session
 from distill.idm import load_idm
-from distill.sample import load_teacher
 from worldmodel import checkpoint
 from worldmodel.actions import Action
+from worldmodel.checkpoint import load_teacher
 from worldmodel.game import Game
 from worldmodel.session import ASSETS, WorldSession
 
@@ -38,9 +40,9 @@ def test_the_default_plays_and_follows_its_seed():
 def test_the_eval_files_match_the_default():
     student = checkpoint.load(DEFAULT / "student")[1]
     teacher, meta = load_teacher(EVAL / "teacher")
-    assert meta["mode"] == "bidirectional" and meta["model"] == student["model"]
+    assert meta.mode == "bidirectional" and asdict(meta.model) == student["model"]
     session = WorldSession.from_checkpoint("default")
     init = load_session(str(EVAL / "student-init"), session.tokenizer, "cpu")
     assert init.size == session.size
     idm, _ = load_idm(EVAL / "idm")
-    assert sum(p.numel() for p in idm.parameters()) > 0
+    assert idm.cfg.frame_size == session.size  # `wm eval` refuses an IDM of another size

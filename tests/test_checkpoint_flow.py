@@ -65,3 +65,36 @@ def test_flow_loss_ignores_context_frames():
     weight = torch.tensor([[0.0, 1.0, 1.0]])
     assert flow.flow_loss(wrong_context, x0, noise, weight) == 0
     assert flow.flow_loss(wrong_context, x0, noise, torch.ones(1, 3)) > 0
+
+
+def test_each_loader_takes_only_its_own_kind(tmp_path):
+    from dataclasses import asdict
+
+    from worldmodel.checkpoint import load_student, load_teacher, load_tokenizer
+    from worldmodel.model import DiT, get_config
+    from worldmodel.sampling import StudentConfig
+    from worldmodel.tokenizer import TOKENIZER_PRESETS, Tokenizer
+
+    tok = Tokenizer(TOKENIZER_PRESETS["tiny"])
+    checkpoint.save(tmp_path / "tok", tok.state_dict(), {"kind": "tokenizer", "model": asdict(tok.cfg)})
+    net = DiT(get_config("tiny"))
+    checkpoint.save(tmp_path / "teacher", net.state_dict(),
+                    {"kind": "teacher", "model": asdict(net.cfg), "mode": "causal", "clip_len": 6,
+                     "shift": 2.0, "tokenizer_hash": "abc"})
+    checkpoint.save(tmp_path / "student", net.state_dict(),
+                    {"kind": "student_init", "model": asdict(net.cfg),
+                     "sampler": asdict(StudentConfig(window=3))})
+    _, t_meta = load_teacher(tmp_path / "teacher")
+    assert (t_meta.mode, t_meta.clip_len, t_meta.shift, t_meta.tokenizer_hash) == ("causal", 6, 2.0, "abc")
+    sampling = t_meta.sampling(steps=8, cfg_scale=2.0)
+    assert (sampling.steps, sampling.cfg_scale, sampling.mode, sampling.clip_len, sampling.shift) == \
+        (8, 2.0, "causal", 6, 2.0)
+    _, s_meta = load_student(tmp_path / "student")
+    assert s_meta.sampler == StudentConfig(window=3) and s_meta.kind == "student_init"
+    assert load_tokenizer(tmp_path / "tok")[1].model == tok.cfg
+    with pytest.raises(ValueError, match="not a student"):
+        load_student(tmp_path / "teacher")
+    with pytest.raises(ValueError, match="not a teacher"):
+        load_teacher(tmp_path / "tok")
+    with pytest.raises(ValueError, match="not a tokenizer"):
+        load_tokenizer(tmp_path / "student")

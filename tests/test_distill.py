@@ -3,7 +3,7 @@
 import argparse
 import copy
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -14,11 +14,11 @@ from distill import distill
 from distill.dmd import DmdConfig, critic_loss, dmd_loss, rollout
 from distill.ode import ode_pairs
 from distill.student_init import init_backward
-from worldmodel import checkpoint, flow
+from worldmodel import checkpoint, flags, flow
 from worldmodel.actions import Action
 from worldmodel.episode import EpisodeWriter
 from worldmodel.model import DiT, get_config
-from worldmodel.sampling import StudentConfig, StudentSampler, teacher_rollout
+from worldmodel.sampling import StudentConfig, StudentSampler, TeacherConfig, teacher_rollout
 from worldmodel.session import WorldSession
 from worldmodel.tokenizer import TOKENIZER_PRESETS, Tokenizer
 
@@ -56,12 +56,14 @@ def clip(B=2, Fc=2, N=2, seed=1):
     return lat[:, :Fc], act, lat[:, Fc:]
 
 
+TEACHER = TeacherConfig(steps=STEPS, cfg_scale=CFG, shift=SHIFT, clip_len=4)
+
+
 def pairs(teacher, target, mode="bidirectional", seed=0, **kw):
     context, act, _ = clip(**kw)
     Fc = context.shape[1]
-    return ode_pairs(teacher, context, act[:, :Fc], act[:, Fc:], target=target, mode=mode,
-                     clip_len=4, steps=STEPS, shift=SHIFT, cfg_scale=CFG,
-                     generator=torch.Generator().manual_seed(seed))
+    return ode_pairs(teacher, context, act[:, :Fc], act[:, Fc:], replace(TEACHER, mode=mode),
+                     target=target, generator=torch.Generator().manual_seed(seed))
 
 
 def test_ode_pairs_lie_on_the_teachers_euler_path():
@@ -74,8 +76,8 @@ def test_ode_pairs_lie_on_the_teachers_euler_path():
     noise = torch.cat([torch.randn(2, 1, C, H, H, generator=g) for _ in range(3)], 1)
     assert torch.equal(levels[:, :, 0], noise)
     # the end points are what the teacher's autoregressive sampler makes from that noise
-    ref = teacher_rollout(teacher, context, act[:, :2], act[:, 2:], clip_len=4, steps=STEPS,
-                          shift=SHIFT, cfg_scale=CFG, generator=torch.Generator().manual_seed(0))
+    ref = teacher_rollout(teacher, context, act[:, :2], act[:, 2:], TEACHER,
+                          generator=torch.Generator().manual_seed(0))
     assert torch.allclose(end, ref, atol=1e-6)
     # the levels are the Euler path of the first frame at the student's times
     a = act[:, :3]
@@ -113,8 +115,8 @@ def test_joint_targets_see_later_frames_only_with_a_bidirectional_teacher():
 def test_student_init_loss_falls_on_fixed_pairs():
     teacher = random_dit()
     context, act, _ = clip(B=4, Fc=2, N=2)
-    levels, end = ode_pairs(teacher, context, act[:, :2], act[:, 2:], steps=STEPS, shift=SHIFT,
-                            clip_len=4, cfg_scale=CFG, generator=torch.Generator().manual_seed(0))
+    levels, end = ode_pairs(teacher, context, act[:, :2], act[:, 2:], TEACHER,
+                            generator=torch.Generator().manual_seed(0))
     batch = {"context": context, "actions": act, "levels": levels, "target": end}
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     sampler = StudentConfig(window=3, context_length=2)  # 4 frames: the ring rolls over
@@ -133,7 +135,7 @@ def test_dmd_pieces():
     teacher = random_dit()
     student = random_dit(seed=3).train().requires_grad_(True)
     sampler = StudentConfig(window=3, context_length=2)
-    cfg = DmdConfig(cfg_scale=1.0)
+    cfg = DmdConfig(teacher_cfg=1.0)
     context, act, _ = clip(B=2, Fc=2, N=3)
 
     # the rollout carries gradient to the student only through one step per frame
@@ -166,7 +168,7 @@ def test_dmd_pieces():
     x = x.requires_grad_(True)
     loss, grad_norm = dmd_loss(x, context, act, teacher, critic, cfg, SHIFT, "bidirectional")
     assert loss.item() == 0 and grad_norm.item() == 0
-    guided = DmdConfig(cfg_scale=3.0)
+    guided = DmdConfig(teacher_cfg=3.0)
     loss, grad_norm = dmd_loss(x, context, act, teacher, critic, guided, SHIFT, "bidirectional")
     assert loss.item() > 0 and grad_norm.item() > 0
     loss.backward()
@@ -282,3 +284,26 @@ def test_presets_and_flags():
     assert cfg == distill.student_init.PRESETS["cpu"]
     with pytest.raises(SystemExit):
         parser.parse_args(["ode", "--preset", "huge"])
+    ode_cfg = distill.config_from_args(parser.parse_args(["ode", "--teacher-steps", "16"]))
+    assert ode_cfg.teacher_steps == 16 and ode_cfg.teacher_cfg == TeacherConfig.cfg_scale
+
+
+def test_every_command_builds_its_flags_from_its_config():
+    from distill import eval as wm_eval
+    from distill import train
+    from worldmodel import bench
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(["teacher", "--model", "tiny", "--beta2", "0.95"])
+    assert args.model == "tiny" and args.beta2 == 0.95
+    with pytest.raises(SystemExit):  # the network size is --model, not --preset
+        parser.parse_args(["teacher", "--preset", "tiny"])
+    parser = argparse.ArgumentParser()
+    wm_eval.add_arguments(parser)
+    cfg = flags.config_from_args(wm_eval.EvalConfig, parser.parse_args(["--horizons", "1,4"]))
+    assert cfg.horizons == (1, 4) and cfg.teacher_steps == TeacherConfig.steps
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    cfg = flags.config_from_args(bench.BenchConfig, parser.parse_args(["--separate-write", "--json"]))
+    assert cfg.separate_write and cfg.json and cfg.teacher_clip_len == TeacherConfig.clip_len

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from distill.sample import dream_teacher, load_teacher, parse_script, play_game
+from distill.sample import dream_teacher, parse_script, play_game
 from distill.train_teacher import TeacherTrainConfig, action_gain, make_batch
 from distill.train_teacher import train as train_teacher
 from worldmodel import flow
 from worldmodel.actions import Action
+from worldmodel.checkpoint import load_teacher, load_tokenizer
 from worldmodel.model import DiT, get_config
-from worldmodel.tokenizer import load_tokenizer
 
 
 def test_tiny_teacher_loss_falls_on_a_fixed_batch():
@@ -81,9 +81,9 @@ def test_action_gain_tells_a_model_that_uses_actions_from_one_that_ignores_them(
 
 
 def test_pipeline_checkpoints_round_trip(tiny_pipeline):
-    tok = load_tokenizer(tiny_pipeline.tokenizer)
+    tok, _ = load_tokenizer(tiny_pipeline.tokenizer)
     model, meta = load_teacher(tiny_pipeline.teacher)
-    assert meta["kind"] == "teacher" and meta["mode"] == "bidirectional" and meta["step"] == 20
+    assert meta.kind == "teacher" and meta.mode == "bidirectional" and meta.sidecar["step"] == 20
     assert tok.cfg.frame_size == 32
     log = [json.loads(line) for line in (tiny_pipeline.teacher.parent / "log.jsonl").open()]
     losses = [r["loss"] for r in log if "loss" in r]
@@ -94,7 +94,7 @@ def test_pipeline_checkpoints_round_trip(tiny_pipeline):
 
 def test_teacher_resumes_where_it_stopped(tiny_pipeline, tmp_path):
     base = dict(data=str(tiny_pipeline.data), tokenizer=str(tiny_pipeline.tokenizer),
-                out=str(tmp_path / "run"), preset="tiny", clip_len=4, batch_size=2, workers=0,
+                out=str(tmp_path / "run"), model="tiny", clip_len=4, batch_size=2, workers=0,
                 log_every=1)
     train_teacher(TeacherTrainConfig(**base, steps=6, ckpt_every=3))
     first = json.loads((tmp_path / "run" / "train.json").read_text())["step"]
@@ -105,7 +105,7 @@ def test_teacher_resumes_where_it_stopped(tiny_pipeline, tmp_path):
 
 
 def test_sample_dreams_frames_against_the_game(tiny_pipeline):
-    tok = load_tokenizer(tiny_pipeline.tokenizer)
+    tok, _ = load_tokenizer(tiny_pipeline.tokenizer)
     model, meta = load_teacher(tiny_pipeline.teacher)
     frames, actions = play_game(1_000_000, 32, 6, parse_script("forward:3,yaw=1:3"))
     assert actions[0] == Action() and actions[1] == Action(forward=True)
@@ -128,7 +128,7 @@ def test_ddp_two_processes_on_cpu(tiny_pipeline, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", "29533", "-m", "distill.train", "teacher",
            "--data", str(tiny_pipeline.data), "--tokenizer", str(tiny_pipeline.tokenizer),
-           "--out", str(out), "--preset", "tiny", "--clip-len", "4", "--batch-size", "2",
+           "--out", str(out), "--model", "tiny", "--clip-len", "4", "--batch-size", "2",
            "--steps", "4", "--workers", "0", "--ckpt-every", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

@@ -28,23 +28,23 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from worldmodel import checkpoint
 from worldmodel.actions import Action, stack
 from worldmodel.attention import resolve_backend
+from worldmodel.checkpoint import load_teacher
+from worldmodel.flags import add_config_arguments, config_from_args
 from worldmodel.game import Game
-from worldmodel.model import DiT, DiTConfig
-from worldmodel.sampling import teacher_rollout
+from worldmodel.model import DiT
+from worldmodel.sampling import TeacherConfig, teacher_rollout
 from worldmodel.session import WorldSession, resolve_checkpoint
 from worldmodel.tokenizer import Tokenizer, frames_to_tensor, tensor_to_frames
 
 MEMORY_EARLY = 100  # session frames before the first memory reading
-TEACHER_CLIP_LEN = 8  # the teacher's training default, for architecture-only timing
-TEACHER_SHIFT = 3.0
 
 
 def log(msg: str) -> None:
@@ -113,15 +113,6 @@ def backend_of(model: DiT) -> str:
     return resolve_backend(q, None, model.cfg.attn_backend)
 
 
-def load_teacher_stem(stem: str | Path, device: torch.device) -> tuple[DiT, dict]:
-    tensors, meta = checkpoint.load(stem, device)
-    if "model" not in meta:
-        raise ValueError(f"{stem} is a {meta.get('kind')!r} checkpoint, not a DiT")
-    model = DiT(DiTConfig(**meta["model"]))
-    model.load_state_dict(tensors)
-    return model.to(device).eval(), meta
-
-
 def game_clip(size: int, n: int, seed: int) -> tuple[np.ndarray, list[Action]]:
     """n real frames and the actions that led into them (the first is no input)."""
     game = Game(seed, size)
@@ -183,11 +174,11 @@ def bench_student(session: WorldSession, frames: int, warmup: int, long: int, se
 
 
 @torch.no_grad()
-def bench_teacher(model: DiT, tok: Tokenizer, *, mode: str, clip_len: int, steps: int,
-                  cfg_scale: float, shift: float, frames: int, warmup: int, seed: int) -> dict:
+def bench_teacher(model: DiT, tok: Tokenizer, sampling: TeacherConfig, *, frames: int,
+                  warmup: int, seed: int) -> dict:
     """Dream frame after frame from a clip_len - 1 context, timing model + decode per frame."""
     dev = next(model.parameters()).device
-    ctx_n = clip_len - 1
+    ctx_n = sampling.clip_len - 1
     real, actions = game_clip(tok.cfg.frame_size, ctx_n, seed)
     acts = torch.from_numpy(stack(actions + script(warmup + frames, seed + 2)))[None].to(dev)
     z = tok.encode(frames_to_tensor(torch.from_numpy(real)).to(dev))[None]  # (1, ctx, C, h, w)
@@ -198,8 +189,7 @@ def bench_teacher(model: DiT, tok: Tokenizer, *, mode: str, clip_len: int, steps
         a = acts[:, ctx_n + i:ctx_n + i + 1]
         sync(dev)
         t0 = time.perf_counter()
-        new = teacher_rollout(model, ctx, ctx_a, a, mode=mode, clip_len=clip_len, steps=steps,
-                              shift=shift, cfg_scale=cfg_scale, generator=g)  # (1, 1, C, h, w)
+        new = teacher_rollout(model, ctx, ctx_a, a, sampling, generator=g)  # (1, 1, C, h, w)
         sync(dev)
         t1 = time.perf_counter()
         decode(tok, new[0])
@@ -211,14 +201,15 @@ def bench_teacher(model: DiT, tok: Tokenizer, *, mode: str, clip_len: int, steps
             + (" (warm-up)" if i < warmup else ""))
         ctx = torch.cat([ctx, new], 1)[:, -ctx_n:]
         ctx_a = torch.cat([ctx_a, a], 1)[:, -ctx_n:]
-    passes = steps * (2 if cfg_scale != 1.0 else 1)
+    passes = sampling.steps * (2 if sampling.cfg_scale != 1.0 else 1)
     return latency_stats(times) | {
-        "model_ms": float(np.median(model_times) * 1e3), "steps": steps, "cfg": cfg_scale,
-        "clip_len": clip_len, "mode": mode, "network_passes_per_frame": passes,
+        "model_ms": float(np.median(model_times) * 1e3), "steps": sampling.steps,
+        "cfg": sampling.cfg_scale, "clip_len": sampling.clip_len, "mode": sampling.mode,
+        "network_passes_per_frame": passes,
         "params": model.param_count()}
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: BenchConfig) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device if args.device != "auto" else
@@ -258,24 +249,22 @@ def run(args: argparse.Namespace) -> dict:
     out["long_frames"] = args.long
 
     if args.teacher:
-        teacher, meta = load_teacher_stem(args.teacher, device)
+        teacher, meta = load_teacher(args.teacher, device)
         latent = (teacher.cfg.latent_channels, teacher.cfg.latent_size)
         if latent != (cfg.latent_channels, cfg.latent_size):
             raise SystemExit(f"wm bench: the teacher takes latents {latent} (channels, size), "
                              f"the checkpoint's tokenizer makes {(cfg.latent_channels, cfg.latent_size)}")
         out["teacher_weights"] = str(args.teacher)
-        mode = meta.get("mode", "bidirectional")
-        clip_len = int(meta.get("clip_len", args.teacher_clip_len))
-        shift = float(meta.get("shift", TEACHER_SHIFT))
+        sampling = meta.sampling(args.teacher_steps, args.teacher_cfg)
     else:
-        teacher, mode, clip_len, shift = session.model, "bidirectional", args.teacher_clip_len, TEACHER_SHIFT
+        teacher = session.model
+        sampling = TeacherConfig(steps=args.teacher_steps, cfg_scale=args.teacher_cfg,
+                                 clip_len=args.teacher_clip_len)
         out["teacher_weights"] = "architecture-only"
-    log(f"teacher ({out['teacher_weights']}): {args.teacher_steps} steps, cfg {args.teacher_cfg}, "
-        f"clip {clip_len}")
-    out["teacher"] = bench_teacher(teacher, session.tokenizer, mode=mode, clip_len=clip_len,
-                                   steps=args.teacher_steps, cfg_scale=args.teacher_cfg,
-                                   shift=shift, frames=args.teacher_frames, warmup=1,
-                                   seed=args.seed)
+    log(f"teacher ({out['teacher_weights']}): {sampling.steps} steps, cfg {sampling.cfg_scale}, "
+        f"clip {sampling.clip_len}")
+    out["teacher"] = bench_teacher(teacher, session.tokenizer, sampling,
+                                   frames=args.teacher_frames, warmup=1, seed=args.seed)
     out["attention"] = {"student": backend_of(session.model), "teacher": backend_of(teacher)}
     out["speedup"] = out["student"]["fps"] / out["teacher"]["fps"]
     return out
@@ -312,28 +301,43 @@ def table(r: dict) -> str:
     return "\n".join(rows)
 
 
+@dataclass
+class BenchConfig:
+    """`wm bench`; the flags' help says what each field means."""
+
+    checkpoint: str = "default"
+    device: str = "auto"
+    frames: int = 200
+    warmup: int = 10
+    long: int = 5000
+    teacher: str | None = None
+    teacher_steps: int = TeacherConfig.steps
+    teacher_cfg: float = TeacherConfig.cfg_scale
+    teacher_frames: int = 4
+    teacher_clip_len: int = TeacherConfig.clip_len
+    threads: int = 0
+    seed: int = 1_000_000
+    separate_write: bool = False
+    json: bool = False
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", default="default", help="world-model folder or name under assets/")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--frames", type=int, default=200, help="student frames timed after warm-up")
-    p.add_argument("--warmup", type=int, default=10, help="student frames before timing")
-    p.add_argument("--long", type=int, default=5000, help="session length for the memory reading")
-    p.add_argument("--teacher", default=None,
-                   help="teacher checkpoint stem; without it the architecture is timed")
-    p.add_argument("--teacher-steps", type=int, default=32)
-    p.add_argument("--teacher-cfg", type=float, default=1.5)
-    p.add_argument("--teacher-frames", type=int, default=4, help="teacher frames timed after one warm-up")
-    p.add_argument("--teacher-clip-len", type=int, default=TEACHER_CLIP_LEN,
-                   help="clip length when no teacher checkpoint says its own")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--seed", type=int, default=1_000_000, help="world seed of the context frames")
-    p.add_argument("--separate-write", action="store_true",
-                   help="cache each frame with a pass of its own, not inside the next frame's "
-                        "first step (to measure what the fused write saves)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_config_arguments(p, BenchConfig(), choices={"device": ["auto", "cpu", "cuda"]}, helps={
+        "checkpoint": "world-model folder or name under assets/",
+        "frames": "student frames timed after warm-up", "warmup": "student frames before timing",
+        "long": "session length for the memory reading",
+        "teacher": "teacher checkpoint stem; without it the architecture is timed",
+        "teacher_frames": "teacher frames timed after one warm-up",
+        "teacher_clip_len": "clip length when no teacher checkpoint says its own",
+        "threads": "torch CPU threads (0: torch's default)",
+        "seed": "world seed of the context frames",
+        "separate_write": "cache each frame with a pass of its own, not inside the next "
+                          "frame's first step (to measure what the fused write saves)",
+        "json": "print one JSON object on stdout"})
 
 
 def main(args: argparse.Namespace) -> int:
-    result = run(args)
-    print(json.dumps(result) if args.json else table(result))
+    cfg = config_from_args(BenchConfig, args)
+    result = run(cfg)
+    print(json.dumps(result) if cfg.json else table(result))
     return 0

@@ -22,9 +22,10 @@ def sample_time(shape, shift: float = 1.0, device=None, generator=None) -> torch
     return shift_time(torch.sigmoid(u), shift)
 
 
-def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x0, noise: (B, F, ...); t: (B, F)."""
-    t = t.view(*t.shape, *([1] * (x0.dim() - t.dim())))
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """x0, noise: (B, F, ...); t: (B, F) per-frame times, or one time for all."""
+    if torch.is_tensor(t):
+        t = t.view(*t.shape, *([1] * (x0.dim() - t.dim())))
     return (1 - t) * x0 + t * noise
 
 
@@ -74,7 +75,7 @@ def student_timesteps(steps: int = 4, shift: float = 3.0) -> torch.Tensor:
 def renoise(x0: torch.Tensor, t: float | torch.Tensor, generator=None) -> torch.Tensor:
     """Jump from a clean prediction to noise level t with fresh noise (few-step sampling)."""
     noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-    return (1 - t) * x0 + t * noise
+    return add_noise(x0, noise, t)
 
 
 def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:

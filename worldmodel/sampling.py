@@ -1,8 +1,9 @@
 """Sampling latents from the DiT: the student's few-step causal sampler with a KV cache,
-and the teacher's many-step Euler sampler over a sliding clip.
+and the teacher's many-step Euler sampler with classifier-free guidance on actions.
 
 Both work in latent space: (B, F, C, h, w) latents and (B, F, A) action vectors, where
-actions[:, i] led into frame i.
+actions[:, i] led into frame i. The guided velocity and the student's step loop live here
+once; ODE pairs and DMD rollouts in distill/ call them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ class StudentConfig:
     sinks: int = 0  # first frames of the session kept in the cache for good
     chunk: int = 1  # frames generated together
     context_length: int = 4  # context frames taken from reset()
+
+
+@dataclass
+class TeacherConfig:
+    """How the teacher generates. steps and cfg_scale are chosen at sampling time; mode,
+    clip_len and shift are the teacher's own (`TeacherMeta.sampling()` fills them in)."""
+
+    steps: int = 32  # Euler steps per frame
+    cfg_scale: float = 1.5  # guidance on actions; 1 is the conditional model alone
+    shift: float = 3.0
+    clip_len: int = 8  # frames seen at once: the last clip_len - 1 are held clean
+    mode: str = "bidirectional"
 
 
 class StudentSampler:
@@ -58,73 +71,103 @@ class StudentSampler:
             t = torch.zeros(x.shape[:2], device=x.device, dtype=x.dtype)
             self.model.forward_step(x, t, a, self.cache, write=True)
 
-    @torch.no_grad()
-    def step(self, actions: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Generate the next chunk of frames for actions (B, chunk, A) -> clean latents."""
+    def step(self, actions: torch.Tensor, generator: torch.Generator | None = None,
+             exit_step: int | None = None) -> torch.Tensor:
+        """Generate the next chunk of frames for actions (B, chunk, A) -> clean latents.
+
+        Between steps: predict x0, re-noise it to the next level. With exit_step (training,
+        Self-Forcing) the chunk stops after that step and returns its x0 prediction, which
+        alone records a graph when grad mode is on; the cache always gets the detached frame.
+        Without it every step runs, without a graph."""
+        if exit_step is not None and self.fuse_write:
+            raise ValueError("exit_step needs fuse_write=False: a fused write would carry a graph")
+        grad = torch.is_grad_enabled() and exit_step is not None
+        last = len(self.timesteps) - 1 if exit_step is None else exit_step
         B, Fc = actions.shape[:2]
         cfg = self.model.cfg
         shape = (B, Fc, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
         p = next(self.model.parameters())
         x = torch.randn(shape, generator=generator, device=p.device, dtype=p.dtype)
-        x0 = x
-        for k, t in enumerate(self.timesteps):
-            tt = torch.full((B, Fc), t, device=p.device, dtype=p.dtype)
-            if k == 0 and self._pending is not None:  # cache the last frames on the way
-                prev, prev_a = self._pending
-                n = prev.shape[1]
-                zero = torch.zeros((B, n), device=p.device, dtype=p.dtype)
-                v = self.model.forward_step(torch.cat([prev, x], 1), torch.cat([zero, tt], 1),
-                                            torch.cat([prev_a, actions], 1), self.cache,
-                                            write=n)[:, n:]
-                self._pending = None
-            else:
-                v = self.model.forward_step(x, tt, actions, self.cache)
-            x0 = flow.predict_x0(x, v, tt)
-            if k + 1 < len(self.timesteps):
+        for k in range(last + 1):
+            tt = torch.full((B, Fc), self.timesteps[k], device=p.device, dtype=p.dtype)
+            with torch.set_grad_enabled(grad and k == last):
+                if k == 0 and self._pending is not None:  # cache the last frames on the way
+                    prev, prev_a = self._pending
+                    n = prev.shape[1]
+                    zero = torch.zeros((B, n), device=p.device, dtype=p.dtype)
+                    v = self.model.forward_step(torch.cat([prev, x], 1), torch.cat([zero, tt], 1),
+                                                torch.cat([prev_a, actions], 1), self.cache,
+                                                write=n)[:, n:]
+                    self._pending = None
+                else:
+                    v = self.model.forward_step(x, tt, actions, self.cache)
+                x0 = flow.predict_x0(x, v, tt)
+            if k < last:
                 x = flow.renoise(x0, self.timesteps[k + 1], generator)
         if self.fuse_write:
             self._pending = (x0, actions)
         else:
-            zero = torch.zeros((B, Fc), device=p.device, dtype=p.dtype)
-            self.model.forward_step(x0, zero, actions, self.cache, write=True)
+            with torch.no_grad():
+                zero = torch.zeros((B, Fc), device=p.device, dtype=p.dtype)
+                self.model.forward_step(x0.detach(), zero, actions, self.cache, write=True)
         return x0
+
+
+def guided_velocity(model: DiT, x: torch.Tensor, t: torch.Tensor, actions: torch.Tensor, *,
+                    mode: str, cfg_scale: float) -> torch.Tensor:
+    """Velocity with classifier-free guidance on actions: one doubled batch, the actions of
+    the whole clip dropped in the second half. x (B, F, C, h, w), t (B, F), actions (B, F, A)
+    -> (B, F, C, h, w)."""
+    if cfg_scale == 1.0:
+        return model(x, t, actions, mode=mode)
+    B = x.shape[0]
+    keep = torch.tensor([True] * B + [False] * B, device=x.device)
+    v = model(x.repeat(2, 1, 1, 1, 1), t.repeat(2, 1), actions.repeat(2, 1, 1), mode=mode,
+              action_mask=keep)
+    return flow.cfg_combine(v[:B], v[B:], cfg_scale)
+
+
+@torch.no_grad()
+def teacher_denoise(model: DiT, clean: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor,
+                    cfg: TeacherConfig, trajectory: bool = False):
+    """Integrate the new frames noise (B, n, C, h, w) from t = 1 to 0 while the clean frames
+    (B, Fc, ...) before them stay at t = 0; actions (B, Fc + n, A) cover both. Returns the
+    clean new frames, and with trajectory=True also every x_t visited (steps + 1, B, n, ...)."""
+    B, n = noise.shape[:2]
+    F = clean.shape[1] + n
+
+    def velocity(x, t):
+        tt = torch.zeros(B, F, device=x.device, dtype=x.dtype)
+        tt[:, -n:] = t
+        v = guided_velocity(model, torch.cat([clean, x], 1), tt, actions, mode=cfg.mode,
+                            cfg_scale=cfg.cfg_scale)
+        return v[:, -n:]
+
+    end, path, _ = flow.euler_sample(velocity, noise, cfg.steps, cfg.shift, trajectory=True)
+    return (end, path) if trajectory else end
 
 
 @torch.no_grad()
 def teacher_rollout(model: DiT, context: torch.Tensor, context_actions: torch.Tensor,
-                    actions: torch.Tensor, *, mode: str = "bidirectional", clip_len: int = 8,
-                    steps: int = 32, shift: float = 3.0, cfg_scale: float = 1.5,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    actions: torch.Tensor, cfg: TeacherConfig,
+                    generator: torch.Generator | None = None, trajectory: bool = False):
     """Autoregressive many-step generation, one frame at a time.
 
-    Each new frame is denoised with `steps` Euler steps from pure noise while the last
-    clip_len - 1 frames (real context, then the frame's own predecessors) are held clean.
-    cfg_scale > 1 applies classifier-free guidance on actions (one doubled batch per step).
-    context (B, Fc, C, h, w); actions (B, N, A) for the N frames to generate -> (B, N, C, h, w).
+    Each new frame is denoised with cfg.steps Euler steps from pure noise (drawn frame by
+    frame from `generator`) while the last clip_len - 1 frames (real context, then the frame's
+    own predecessors) are held clean. context (B, Fc, C, h, w) led into by context_actions
+    (B, Fc, A); actions (B, N, A) for the N frames to generate -> (B, N, C, h, w), and with
+    trajectory=True also each frame's Euler path (B, N, steps + 1, C, h, w).
     """
-    frames, acts = context, context_actions
-    B, N = actions.shape[:2]
-    out = []
-    for i in range(N):
-        ctx, ctx_a = frames[:, -(clip_len - 1):], acts[:, -(clip_len - 1):]
-        a = torch.cat([ctx_a, actions[:, i:i + 1]], 1)  # (B, F, A)
-        F = a.shape[1]
-        noise = torch.randn((B, 1, *context.shape[2:]), generator=generator,
+    keep = cfg.clip_len - 1
+    frames, acts = context[:, -keep:], context_actions[:, -keep:]
+    out, paths = [], []
+    for i in range(actions.shape[1]):
+        a = torch.cat([acts, actions[:, i:i + 1]], 1)  # (B, F, A)
+        noise = torch.randn((context.shape[0], 1, *context.shape[2:]), generator=generator,
                             device=context.device, dtype=context.dtype)
-
-        def velocity(x_new, t, ctx=ctx, a=a, F=F):
-            x = torch.cat([ctx, x_new], 1)
-            tt = torch.zeros(B, F, device=x.device, dtype=x.dtype)
-            tt[:, -1] = t
-            if cfg_scale == 1.0:
-                return model(x, tt, a, mode=mode)[:, -1:]
-            keep = torch.tensor([True] * B + [False] * B, device=x.device)
-            v = model(x.repeat(2, 1, 1, 1, 1), tt.repeat(2, 1), a.repeat(2, 1, 1), mode=mode,
-                      action_mask=keep)[:, -1:]
-            return flow.cfg_combine(v[:B], v[B:], cfg_scale)
-
-        new = flow.euler_sample(velocity, noise, steps, shift)
+        new, path = teacher_denoise(model, frames, a, noise, cfg, trajectory=True)
         out.append(new)
-        frames = torch.cat([frames, new], 1)[:, -(clip_len - 1):]
-        acts = torch.cat([acts, actions[:, i:i + 1]], 1)[:, -(clip_len - 1):]
-    return torch.cat(out, 1)
+        paths.append(path.movedim(0, 2))  # (B, 1, steps + 1, C, h, w)
+        frames, acts = torch.cat([frames, new], 1)[:, -keep:], a[:, -keep:]
+    return (torch.cat(out, 1), torch.cat(paths, 1)) if trajectory else torch.cat(out, 1)

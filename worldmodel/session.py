@@ -26,19 +26,13 @@ import torch
 
 from worldmodel import checkpoint
 from worldmodel.actions import ACTION_DIM, Action
+from worldmodel.checkpoint import load_student, load_tokenizer
 from worldmodel.game import Game
-from worldmodel.model import DiT, DiTConfig, get_config
+from worldmodel.model import DiT, get_config
 from worldmodel.sampling import StudentConfig, StudentSampler
-from worldmodel.tokenizer import (
-    TOKENIZER_PRESETS,
-    Tokenizer,
-    frames_to_tensor,
-    load_tokenizer,
-    tensor_to_frames,
-)
+from worldmodel.tokenizer import TOKENIZER_PRESETS, Tokenizer, frames_to_tensor, tensor_to_frames
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-FPS = Game.fps  # a checkpoint that does not say plays at the rate of the game it learned
 
 
 def resolve_checkpoint(path_or_name: str | Path) -> Path:
@@ -56,19 +50,12 @@ def resolve_checkpoint(path_or_name: str | Path) -> Path:
         f"tokenizer.json, or a name under {ASSETS})")
 
 
-def load_student(stem: str | Path, device: str = "cpu") -> tuple[DiT, dict[str, Any]]:
-    tensors, meta = checkpoint.load(stem, device)
-    model = DiT(DiTConfig(**meta["model"]))
-    model.load_state_dict(tensors)
-    return model.to(device).eval(), meta
-
-
 class WorldSession:
     """One player's stream of generated frames."""
 
     def __init__(self, tokenizer: Tokenizer, student: DiT, sampler_cfg: StudentConfig,
                  name: str = "model", checkpoint_hash: str = "", card: dict | None = None,
-                 fps: int = FPS):
+                 fps: int = Game.fps):
         self.tokenizer = tokenizer
         self.model = student
         self.sampler = StudentSampler(student, sampler_cfg)
@@ -91,7 +78,7 @@ class WorldSession:
     @classmethod
     def from_checkpoint(cls, path_or_name: str | Path = "default", device: str = "cpu") -> WorldSession:
         folder = resolve_checkpoint(path_or_name)
-        tokenizer = load_tokenizer(folder / "tokenizer", device)
+        tokenizer, _ = load_tokenizer(folder / "tokenizer", device)
         student, meta = load_student(folder / "student", device)
         h = hashlib.sha256()
         for f in ("tokenizer.safetensors", "student.safetensors"):
@@ -99,9 +86,9 @@ class WorldSession:
         card = {}
         if (folder / "card.json").is_file():
             card = json.loads((folder / "card.json").read_text())
-        return cls(tokenizer, student, StudentConfig(**meta["sampler"]), name=folder.name,
-                   checkpoint_hash=h.hexdigest(), card=card | {"student": meta},
-                   fps=int(meta.get("fps", FPS)))
+        return cls(tokenizer, student, meta.sampler, name=folder.name,
+                   checkpoint_hash=h.hexdigest(), card=card | {"student": meta.sidecar},
+                   fps=meta.fps)
 
     def _check_frames(self, frames) -> np.ndarray:
         arr = np.asarray(frames)
@@ -169,7 +156,7 @@ def save_world_model(folder: str | Path, tokenizer: Tokenizer, student: DiT,
                     {"kind": "tokenizer", "model": asdict(tokenizer.cfg)})
     checkpoint.save(folder / "student", student.state_dict(),
                     {"kind": "student", "model": asdict(student.cfg), "sampler": asdict(sampler),
-                     "fps": FPS, **(meta or {})})
+                     "fps": Game.fps, **(meta or {})})
     return folder
 
 

@@ -130,18 +130,6 @@ class Tokenizer(nn.Module):
         self.latent_std.copy_(z_raw.std(dim=(0, 2, 3)).clamp_min(1e-4))
 
 
-def load_tokenizer(stem, device="cpu") -> Tokenizer:
-    """A trained tokenizer from STEM.safetensors + STEM.json, in eval mode."""
-    from worldmodel import checkpoint
-
-    tensors, meta = checkpoint.load(stem, device)
-    if meta.get("kind") != "tokenizer":
-        raise ValueError(f"{stem} is a {meta.get('kind')!r} checkpoint, not a tokenizer")
-    tok = Tokenizer(TokenizerConfig(**meta["model"]))
-    tok.load_state_dict(tensors)
-    return tok.to(device).eval()
-
-
 def frames_to_tensor(frames: torch.Tensor) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float (..., 3, H, W) in -1..1."""
     return frames.movedim(-1, -3).float().div(127.5).sub(1.0)
