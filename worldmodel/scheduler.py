@@ -1,0 +1,301 @@
+"""Many players, one forward: the steps of all live sessions on a device, batched.
+
+    world = BatchedWorld.from_checkpoint("default", device="cpu", rows=4)
+    session = world.session()          # the WorldSession door; SessionsFull when all rows are taken
+    session.reset(context_frames, context_actions=None, seed=0)
+    frame = session.step(Action())     # blocks until the tick that carries it
+    future = session.submit(Action())  # or: submit now, frame = future.result() later
+    session.close()                    # frees the row for the next player
+    world.close()
+
+A server keeps one thread per player calling `session.step(action)`, as with `WorldSession`.
+One scheduler thread gathers the pending steps and runs them as one tick: the student's
+denoising passes over all rows at once (`StudentSampler` on a `SlotKVCache`), then one decode.
+Each session owns a row: its KV cache slot, seed stream, frame index, window and sinks.
+
+When a tick runs: as soon as every session that is playing has a step pending, or
+`max_wait_s` after the oldest pending step, whichever comes first. A session that has not
+asked for a frame for `idle_s` (paused, or its player gone quiet) is not waited for, so it
+holds nobody back; a slow one costs the others at most `max_wait_s` a tick.
+
+Replay stays exact. A tick always runs `rows` rows, the idle ones included, with a mask on
+every attention call, so its shapes never depend on who is playing; rows do not interact, so
+a session's frames depend only on its own inputs and on `rows`. That number is the
+session's `sampling["batch_rows"]`: a replay with a world of the same `rows` regenerates the
+frames bit for bit on the same device (tests/test_scheduler.py checks it on CPU SDPA; on
+CUDA it rests on the kernels being chosen by shape alone, which cuBLAS and SDPA do for a
+fixed shape, but no GPU test has shown it). The unbatched `WorldSession` runs other shapes,
+so its frames agree with a batched session's within float tolerance, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldmodel.actions import Action
+from worldmodel.model import SlotKVCache
+from worldmodel.sampling import StudentSampler
+from worldmodel.session import WorldSession
+from worldmodel.tokenizer import tensor_to_frames
+
+
+class SessionsFull(RuntimeError):
+    """Every row of the world is taken: the clear "busy" answer for one more player."""
+
+
+@dataclass
+class _Request:
+    session: BatchedSession
+    action: Action
+    future: Future
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+class BatchedWorld:
+    """All sessions of one model on one device, stepped together in ticks of `rows` rows."""
+
+    def __init__(self, template: WorldSession, rows: int = 4, *, max_wait_s: float | None = None,
+                 idle_s: float = 0.25):
+        """template: a loaded WorldSession whose tokenizer, student and sampler settings the
+        rows share (`from_checkpoint` makes one). max_wait_s defaults to half a frame."""
+        if rows < 1:
+            raise ValueError(f"rows must be at least 1, got {rows}")
+        self.template = template
+        self.rows = rows
+        self.max_wait_s = 0.5 / template.fps if max_wait_s is None else max_wait_s
+        self.idle_s = idle_s
+        model = template.model
+        p = next(model.parameters())
+        cfg = template.sampler.cfg
+        cache = SlotKVCache(model.cfg, rows, cfg.window, cfg.sinks, p.device, p.dtype)
+        self.sampler = StudentSampler(model, cfg, fuse_write=template.sampler.fuse_write,
+                                      cache=cache)
+        self._free = list(range(rows))
+        self._sessions: dict[int, BatchedSession] = {}
+        self._pending: dict[int, _Request] = {}
+        self._cond = threading.Condition()
+        self._model_lock = threading.Lock()  # a tick and a reset never run at once
+        self._closed = False
+        self.ticks = 0
+        self._thread = threading.Thread(target=self._run, name="wm-scheduler", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_checkpoint(cls, path_or_name: str | Path = "default", device: str = "cpu",
+                        rows: int = 4, **kwargs) -> BatchedWorld:
+        return cls(WorldSession.from_checkpoint(path_or_name, device=device), rows, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.template.device
+
+    @property
+    def in_use(self) -> int:
+        return len(self._sessions)
+
+    def session(self) -> BatchedSession:
+        """A new session on a free row. Raises SessionsFull when there is none."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the world is closed")
+            if not self._free:
+                raise SessionsFull(f"all {self.rows} sessions of this device are in use")
+            row = self._free.pop(0)
+            s = BatchedSession(self, row)
+            self._sessions[row] = s
+            return s
+
+    def close(self) -> None:
+        """Stop the scheduler; steps still pending fail with RuntimeError."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(30)
+
+    def __enter__(self) -> BatchedWorld:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ called by sessions
+
+    def _release(self, session: BatchedSession) -> None:
+        with self._cond:
+            if self._sessions.get(session.row) is session:
+                del self._sessions[session.row]
+                req = self._pending.pop(session.row, None)
+                if req is not None:
+                    req.future.set_exception(RuntimeError("session closed"))
+                self._free.append(session.row)
+                self._free.sort()
+                self._cond.notify_all()
+
+    def _prefill(self, session: BatchedSession, z: torch.Tensor, a: torch.Tensor) -> None:
+        with self._model_lock:
+            self.sampler.prefill(z, a, row=session.row)
+
+    def _submit(self, session: BatchedSession, action: Action) -> Future:
+        fut: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the world is closed")
+            if session.row in self._pending:
+                raise RuntimeError("this session already has a step pending")
+            self._pending[session.row] = _Request(session, action, fut)
+            session.last_submit = time.perf_counter()
+            self._cond.notify_all()
+        return fut
+
+    # ------------------------------------------------------------ the scheduler thread
+
+    def _everyone_in(self, now: float) -> bool:
+        """Every session that is playing (asked for a frame within idle_s) has a step pending."""
+        for row, s in self._sessions.items():
+            if row in self._pending or s.last_submit is None:
+                continue
+            if now - s.last_submit < self.idle_s:
+                return False
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    for req in self._pending.values():
+                        req.future.set_exception(RuntimeError("the world is closed"))
+                    self._pending.clear()
+                    return
+                deadline = min(r.submitted for r in self._pending.values()) + self.max_wait_s
+                while not self._closed and not self._everyone_in(time.perf_counter()):
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                batch, self._pending = self._pending, {}
+            if batch:
+                self._tick(batch)
+
+    @torch.no_grad()
+    def _tick(self, batch: dict[int, _Request]) -> None:
+        t0 = time.perf_counter()
+        try:
+            with self._model_lock:
+                frames, t1 = self._generate(batch)
+        except BaseException as e:  # every waiting player hears of it, none hangs
+            for req in batch.values():
+                req.future.set_exception(e)
+            return
+        t2 = time.perf_counter()
+        self.ticks += 1
+        for row, req in batch.items():
+            req.session._deliver(req, list(frames[row]), {
+                "model_ms": (t1 - t0) * 1e3, "decode_ms": (t2 - t1) * 1e3,
+                "wait_ms": (t0 - req.submitted) * 1e3, "batch": len(batch), "rows": self.rows})
+
+    def _generate(self, batch: dict[int, _Request]) -> tuple[np.ndarray, float]:
+        """One tick: (rows, chunk, H, W, 3) uint8 frames, and the time the model finished."""
+        cfg = self.sampler.cfg
+        dev = self.device
+        dim = self.template.model.cfg.action_dim
+        acts = torch.zeros(self.rows, cfg.chunk, dim)
+        gens: list[torch.Generator | None] = [None] * self.rows
+        for row, req in batch.items():
+            acts[row] = torch.from_numpy(req.action.to_vector())  # a chunk's frames share it
+            gens[row] = req.session._generator
+        active = [row in batch for row in range(self.rows)]
+        z = self.sampler.step(acts.to(dev), gens, rows=active)  # (rows, chunk, C, h, w)
+        t1 = time.perf_counter()
+        # every row is decoded, idle ones too: a fixed shape, like the model's passes
+        x = self.template.tokenizer.decode(z.flatten(0, 1)).float().cpu()
+        frames = tensor_to_frames(x).numpy()
+        return frames.reshape(self.rows, cfg.chunk, *frames.shape[1:]), t1
+
+
+class BatchedSession:
+    """One player's row of a `BatchedWorld`, with WorldSession's door: `reset`, `step`, and
+    the attributes a server reads (size, name, checkpoint_hash, context_length, fps, card,
+    frame_index, last_timings)."""
+
+    def __init__(self, world: BatchedWorld, row: int):
+        t = world.template
+        self.world, self.row = world, row
+        self.size, self.name, self.checkpoint_hash = t.size, t.name, t.checkpoint_hash
+        self.context_length, self.fps, self.card = t.context_length, t.fps, t.card
+        self.tokenizer, self.model = t.tokenizer, t.model
+        self.frame_index = 0
+        self.last_timings: dict[str, float] = {}
+        self.last_submit: float | None = None  # read by the scheduler under its lock
+        self._generator = torch.Generator(device=t.device)
+        self._queue: list[np.ndarray] = []  # frames of a chunk not yet handed out
+        self._started = False
+        self._closed = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.world.device
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """What a replay must match to regenerate this session's frames exactly."""
+        return {"batch_rows": self.world.rows}
+
+    def reset(self, context_frames, context_actions=None, seed: int = 0) -> None:
+        """As `WorldSession.reset`; runs between ticks, touching only this session's row."""
+        self._check_open()
+        z, a = self.world.template.encode_context(context_frames, context_actions)
+        self.world._prefill(self, z, a)
+        self._generator.manual_seed(int(seed))
+        self.frame_index = 0
+        self._queue = []
+        self._started = True
+
+    def submit(self, action: Action) -> Future:
+        """Ask for the next frame; the future's result is what `step` returns."""
+        if not isinstance(action, Action):
+            raise TypeError(f"step() takes an Action, got {type(action).__name__}")
+        self._check_open()
+        if not self._started:
+            raise RuntimeError("call reset() with context frames before step()")
+        if self._queue:  # the rest of a chunk: no tick needed
+            fut: Future = Future()
+            self._hand_out(fut, self._queue, {"model_ms": 0.0, "decode_ms": 0.0,
+                                              "wait_ms": 0.0, "batch": 0, "rows": self.world.rows})
+            return fut
+        return self.world._submit(self, action)
+
+    def step(self, action: Action) -> np.ndarray:
+        """The next frame, uint8 [size, size, 3], as the result of `action`."""
+        t0 = time.perf_counter()
+        frame = self.submit(action).result()
+        self.last_timings["total_ms"] = (time.perf_counter() - t0) * 1e3
+        return frame
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.world._release(self)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this session is closed")
+
+    def _deliver(self, req: _Request, frames: list[np.ndarray], timings: dict) -> None:
+        self._hand_out(req.future, frames, timings)
+
+    def _hand_out(self, fut: Future, frames: list[np.ndarray], timings: dict) -> None:
+        frame = frames.pop(0)
+        self._queue = frames
+        self.frame_index += 1
+        self.last_timings = dict(timings)
+        fut.set_result(frame)
