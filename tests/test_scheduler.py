@@ -4,6 +4,7 @@ a paused or slow session does not hold the others back."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -12,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from worldmodel import cli
 from worldmodel.actions import Action
 from worldmodel.bench import script
 from worldmodel.game import Game
 from worldmodel.model import DiT, SlotKVCache, get_config
 from worldmodel.sampling import StudentConfig, StudentSampler
-from worldmodel.scheduler import BatchedWorld, SessionsFull
+from worldmodel.scheduler import BatchedWorld, SessionsFull, sessions_at_rate
 from worldmodel.session import ASSETS, WorldSession, make_random_checkpoint
 
 A = 8
@@ -222,3 +224,32 @@ def test_threads_per_session(tiny):
             t.join(60)
         assert all(len(frames[i]) == 10 for i in range(3))
         assert world.ticks < 30  # some ticks carried more than one player
+
+
+def test_sessions_at_rate(tiny):
+    template = WorldSession.from_checkpoint(tiny)
+    held, tried = sessions_at_rate(template, target_fps=1e-3, max_rows=3, ticks=2)
+    assert held == 3 and set(tried) == {1, 2, 3} and all(v > 0 for v in tried.values())
+    held, tried = sessions_at_rate(template, target_fps=1e9, max_rows=3, ticks=2)
+    assert held == 0 and list(tried) == [1]
+    # a target between the rates measured: the answer is the count that kept it
+    held, tried = sessions_at_rate(template, target_fps=1e-3, max_rows=5, ticks=2)
+    assert held == 5 and set(tried) == {1, 2, 4, 5}
+
+
+def test_bench_players_json(tiny, capsys):
+    assert cli.main(["bench", "--checkpoint", str(tiny), "--players", "1,2", "--frames", "6",
+                     "--warmup", "2", "--max-rows", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert [p["players"] for p in r["players"]] == [1, 2]
+    for p in r["players"]:
+        for kind in ("separate", "batched"):
+            s = p[kind]
+            assert s["aggregate_fps"] > 0 and 0 < s["p50_ms"] <= s["p95_ms"]
+            assert s["slowest_player_fps"] <= s["per_player_fps"]
+        assert p["batched"]["rows"] == p["players"]
+        assert p["batched"]["ticks"] >= 8  # 2 warm-up + 6 timed steps per player, batched
+    assert 0 <= r["sessions_at_target"]["sessions"] <= 2
+    assert cli.main(["bench", "--checkpoint", str(tiny), "--players", "2", "--rows", "3",
+                     "--frames", "3", "--warmup", "1", "--max-rows", "1"]) == 0
+    assert "sessions held at" in capsys.readouterr().out

@@ -15,6 +15,15 @@ teacher  `teacher_rollout` one frame at a time, as `wm sample` dreams: `--teache
 memory   the process's resident set (and on CUDA the allocator's peak) after 100 frames of a
          session and after `--long` frames: a rolling KV cache keeps them equal.
 
+    wm bench --checkpoint default --players 1,2,4,8 --json       # many players instead
+
+players  for each count N, N players each on a thread of its own stepping as fast as frames
+         come: "separate" gives each a `WorldSession` (batch 1, as `wm play` serves today),
+         "batched" puts all N on one `BatchedWorld` of N rows (`--rows R` for a fixed R).
+         Aggregate frames/s over the timed window, per-player frames/s and p50/p95 frame
+         time, and the sessions the device holds at the model's frame rate
+         (`worldmodel.scheduler.sessions_at_rate`).
+
 Frames come from the real game (context) under a fixed script of walking and turning. On
 CUDA every clock is read after a synchronize. Progress goes to stderr; `--json` prints one
 JSON object on stdout.
@@ -218,6 +227,117 @@ def bench_teacher(model: DiT, tok: Tokenizer, *, mode: str, clip_len: int, steps
         "params": model.param_count()}
 
 
+def play_threads(sessions: list, frames: int, warmup: int, seed: int) -> dict:
+    """Each session on a thread of its own: reset, `warmup` steps, then `frames` timed steps.
+    Aggregate frames/s over the window from the first timed step to the last; per player,
+    frames/s over its own window and the p50/p95 of every timed frame time."""
+    import threading
+
+    ctx, ctx_actions = game_clip(sessions[0].size, sessions[0].context_length, seed)
+    dev = sessions[0].device
+    spans: list[list[tuple[float, float]]] = [[] for _ in sessions]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(sessions))
+
+    def play(i: int) -> None:
+        try:
+            s = sessions[i]
+            s.reset(ctx, ctx_actions, seed=seed + i)
+            acts = script(warmup + frames, seed + 1 + i)
+            start.wait()
+            for k, a in enumerate(acts):
+                t0 = time.perf_counter()
+                s.step(a)
+                sync(dev)
+                if k >= warmup:
+                    spans[i].append((t0, time.perf_counter()))
+        except BaseException as e:  # reported after the join
+            errors.append(e)
+            start.abort()
+
+    threads = [threading.Thread(target=play, args=(i,)) for i in range(len(sessions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    first = min(sp[0][0] for sp in spans)
+    last = max(sp[-1][1] for sp in spans)
+    each = [len(sp) / (sp[-1][1] - sp[0][0]) for sp in spans]
+    ms = np.array([(b - a) * 1e3 for sp in spans for a, b in sp])
+    return {"aggregate_fps": len(ms) / (last - first), "per_player_fps": float(np.mean(each)),
+            "slowest_player_fps": float(min(each)), "p50_ms": float(np.percentile(ms, 50)),
+            "p95_ms": float(np.percentile(ms, 95)), "frames_per_player": frames}
+
+
+def bench_players(template: WorldSession, counts: list[int], frames: int, warmup: int,
+                  seed: int, rows: int | None = None) -> list[dict]:
+    """For each player count: N separate sessions against N sessions on one BatchedWorld."""
+    from worldmodel.scheduler import BatchedWorld
+
+    out = []
+    for n in counts:
+        separate = [WorldSession(template.tokenizer, template.model, template.sampler.cfg,
+                                 name=template.name, fps=template.fps) for _ in range(n)]
+        for s in separate:
+            s.sampler.fuse_write = template.sampler.fuse_write
+        log(f"{n} player(s): separate sessions")
+        row = {"players": n, "separate": play_threads(separate, frames, warmup, seed)}
+        log(f"{n} player(s): batched, {rows or n} rows")
+        with BatchedWorld(template, rows or n) as world:
+            row["batched"] = play_threads([world.session() for _ in range(n)], frames, warmup,
+                                          seed) | {"rows": world.rows, "ticks": world.ticks}
+        log(f"  separate {row['separate']['per_player_fps']:.1f}, batched "
+            f"{row['batched']['per_player_fps']:.1f} frames/s per player")
+        out.append(row)
+    return out
+
+
+def run_players(args: argparse.Namespace, device: torch.device) -> dict:
+    from worldmodel.scheduler import sessions_at_rate
+
+    counts = sorted({int(x) for x in args.players.split(",") if x.strip()})
+    if not counts or counts[0] < 1:
+        raise SystemExit("wm bench: --players takes positive counts, e.g. 1,2,4,8")
+    folder = resolve_checkpoint(args.checkpoint)
+    template = WorldSession.from_checkpoint(folder, device=str(device))
+    if args.separate_write:
+        template.sampler.fuse_write = False
+    p = next(template.model.parameters())
+    out: dict = {"device": device.type, "resolution": template.size,
+                 "dtype": str(p.dtype).split(".")[-1]} | machine(device)
+    out |= {"checkpoint": str(folder), "checkpoint_hash": template.checkpoint_hash,
+            "target_fps": template.fps, "attention": backend_of(template.model),
+            "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
+    out["players"] = bench_players(template, counts, args.frames, args.warmup, args.seed,
+                                   args.rows or None)
+    log("sessions at the target rate")
+    held, tried = sessions_at_rate(template, max_rows=args.max_rows)
+    out["sessions_at_target"] = {"sessions": held, "per_player_fps_by_rows": tried}
+    return out
+
+
+def players_table(r: dict) -> str:
+    hw = r.get("gpu") or r["cpu"]
+    rows = [f"device      {r['device']} ({hw}), {r['dtype']}, torch {r['torch']}, {r['threads']} "
+            f"thread(s), cores {r['affinity']}, load {r['load_avg']}",
+            "",
+            f"{'players':>7} | {'separate: total':>15} {'each':>6} {'p50':>6} {'p95':>6} | "
+            f"{'batched: total':>14} {'each':>6} {'p50':>6} {'p95':>6} {'rows':>4}"]
+    for p in r["players"]:
+        s, b = p["separate"], p["batched"]
+        rows.append(f"{p['players']:>7} | {s['aggregate_fps']:>15.1f} {s['per_player_fps']:>6.1f} "
+                    f"{s['p50_ms']:>6.1f} {s['p95_ms']:>6.1f} | {b['aggregate_fps']:>14.1f} "
+                    f"{b['per_player_fps']:>6.1f} {b['p50_ms']:>6.1f} {b['p95_ms']:>6.1f} "
+                    f"{b['rows']:>4}")
+    held = r["sessions_at_target"]
+    rows += ["", f"frames/s, frame times in ms; sessions held at {r['target_fps']} frames/s each: "
+             f"{held['sessions']} (per player by rows: "
+             + ", ".join(f"{k}: {v:.1f}" for k, v in held["per_player_fps_by_rows"].items()) + ")"]
+    return "\n".join(rows)
+
+
 def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -225,6 +345,8 @@ def run(args: argparse.Namespace) -> dict:
                           "cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("wm bench: --device cuda but CUDA is not available")
+    if args.players:
+        return run_players(args, device)
     if args.long < MEMORY_EARLY:
         raise SystemExit(f"wm bench: --long must be at least {MEMORY_EARLY}")
     if args.frames < 1 or args.teacher_frames < 1:
@@ -330,10 +452,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--separate-write", action="store_true",
                    help="cache each frame with a pass of its own, not inside the next frame's "
                         "first step (to measure what the fused write saves)")
+    p.add_argument("--players", default="",
+                   help="player counts, e.g. 1,2,4,8: batched against separate sessions "
+                        "instead of the student/teacher bench")
+    p.add_argument("--rows", type=int, default=0,
+                   help="with --players: rows of the batched world (0: as many as players)")
+    p.add_argument("--max-rows", type=int, default=64,
+                   help="with --players: the most sessions the capacity search tries")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def main(args: argparse.Namespace) -> int:
     result = run(args)
-    print(json.dumps(result) if args.json else table(result))
+    render = players_table if args.players else table
+    print(json.dumps(result) if args.json else render(result))
     return 0

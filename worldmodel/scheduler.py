@@ -299,3 +299,50 @@ class BatchedSession:
         self.frame_index += 1
         self.last_timings = dict(timings)
         fut.set_result(frame)
+
+
+def lockstep_fps(template: WorldSession, rows: int, ticks: int = 20, warmup: int = 3) -> float:
+    """Frames/s each of `rows` players gets when all of them play on a world of `rows` rows:
+    every session submits, then all wait, `ticks` times after `warmup` ticks."""
+    from worldmodel.bench import game_clip, script
+
+    ctx, ctx_actions = game_clip(template.size, template.context_length, 0)
+    acts = script(warmup + ticks)
+    with BatchedWorld(template, rows, max_wait_s=10.0, idle_s=10.0) as world:
+        sessions = [world.session() for _ in range(rows)]
+        for i, s in enumerate(sessions):
+            s.reset(ctx, ctx_actions, seed=i)
+        t0 = 0.0
+        for k in range(warmup + ticks):
+            if k == warmup:
+                t0 = time.perf_counter()
+            for f in [s.submit(acts[k]) for s in sessions]:
+                f.result()
+        return ticks / (time.perf_counter() - t0)
+
+
+def sessions_at_rate(template: WorldSession, target_fps: float | None = None,
+                     max_rows: int = 64, ticks: int = 20) -> tuple[int, dict[int, float]]:
+    """How many sessions this device holds with each getting `target_fps` (the model's
+    frame rate by default): the largest row count whose ticks keep that pace, from a
+    doubling search and then a bisection, measured here and now. Returns the count (0 if
+    not even one session keeps the pace) and the frames/s per player at each count tried."""
+    target = float(template.fps if target_fps is None else target_fps)
+    tried: dict[int, float] = {}
+    good, bad = 0, max_rows + 1
+    rows = 1
+    while rows <= max_rows:
+        tried[rows] = lockstep_fps(template, rows, ticks)
+        if tried[rows] < target:
+            bad = rows
+            break
+        good = rows
+        rows *= 2
+    if bad == max_rows + 1 and good < max_rows:  # the doubling jumped past max_rows
+        tried[max_rows] = lockstep_fps(template, max_rows, ticks)
+        good, bad = (max_rows, bad) if tried[max_rows] >= target else (good, max_rows)
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        tried[mid] = lockstep_fps(template, mid, ticks)
+        good, bad = (mid, bad) if tried[mid] >= target else (good, mid)
+    return good, dict(sorted(tried.items()))
