@@ -91,11 +91,11 @@ def test_slot_rows_equal_separate_samplers(window, sinks, chunk):
 
 
 def run_mates(ck, rows: int, plan: dict[str, tuple[int, int, int]], ticks: int,
-              world_seed: int = 3) -> dict[str, list[np.ndarray]]:
+              device: str = "cpu") -> dict[str, list[np.ndarray]]:
     """Sessions named in `plan` (seed, join tick, leave tick) stepping in lockstep ticks on a
-    BatchedWorld; returns each one's frames."""
-    template = WorldSession.from_checkpoint(ck)
-    ctx = context(template.size, 3, world_seed)
+    fresh BatchedWorld; returns each one's frames."""
+    template = WorldSession.from_checkpoint(ck, device=device)
+    ctx = context(template.size, 3)
     out: dict[str, list[np.ndarray]] = {k: [] for k in plan}
     live: dict[str, object] = {}
     with BatchedWorld(template, rows, max_wait_s=5.0, idle_s=5.0) as world:
@@ -113,8 +113,8 @@ def run_mates(ck, rows: int, plan: dict[str, tuple[int, int, int]], ticks: int,
     return out
 
 
-def check_batch_invariance(ck, rows, ticks):
-    alone = run_mates(ck, rows, {"a": (7, 0, -1)}, ticks)["a"]
+def check_batch_invariance(ck, rows, ticks, device="cpu"):
+    alone = run_mates(ck, rows, {"a": (7, 0, -1)}, ticks, device)["a"]
     assert len(alone) == ticks
     assert len({f.tobytes() for f in alone}) > 1  # it moves, so equality means something
     plans = [
@@ -124,7 +124,7 @@ def check_batch_invariance(ck, rows, ticks):
         {"b": (1, 0, -1), "c": (2, 0, 3), "a": (7, 1, -1), "d": (4, 2, -1), "e": (5, 4, -1)},
     ]
     for plan in plans:
-        got = run_mates(ck, rows, plan, ticks + plan["a"][1])["a"]
+        got = run_mates(ck, rows, plan, ticks + plan["a"][1], device)["a"]
         assert len(got) == ticks
         for i, (x, y) in enumerate(zip(alone, got)):
             assert np.array_equal(x, y), f"frame {i} differs by {np.abs(x.astype(int) - y).max()}"
@@ -253,3 +253,21 @@ def test_bench_players_json(tiny, capsys):
     assert cli.main(["bench", "--checkpoint", str(tiny), "--players", "2", "--rows", "3",
                      "--frames", "3", "--warmup", "1", "--max-rows", "1"]) == 0
     assert "sessions held at" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batch_invariance_and_agreement_on_gpu(tmp_path):
+    """The same checks on CUDA: bit-identical frames whoever shares the ticks, and the
+    unbatched session's frames within a level of rounding."""
+    ck = make_random_checkpoint(tmp_path / "tiny")
+    template = WorldSession.from_checkpoint(ck, device="cuda")
+    ctx = context(template.size)
+    with BatchedWorld(template, rows=4) as world:
+        s = world.session()
+        s.reset(ctx, seed=7)
+        got = [s.step(a) for a in script(6, 5)]
+    template.reset(ctx, seed=7)
+    ref = [template.step(a) for a in script(6, 5)]
+    assert all(np.abs(x.astype(int) - y).max() <= 1 for x, y in zip(ref, got))
+    check_batch_invariance(ck, rows=4, ticks=8, device="cuda")

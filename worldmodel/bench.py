@@ -21,8 +21,10 @@ players  for each count N, N players each on a thread of its own stepping as fas
          come: "separate" gives each a `WorldSession` (batch 1, as `wm play` serves today),
          "batched" puts all N on one `BatchedWorld` of N rows (`--rows R` for a fixed R).
          Aggregate frames/s over the timed window, per-player frames/s and p50/p95 frame
-         time, and the sessions the device holds at the model's frame rate
-         (`worldmodel.scheduler.sessions_at_rate`).
+         time, CPU ms per frame (the players' own threads for separate sessions, the
+         scheduler thread for batched: the work a frame costs, which other jobs on a shared
+         machine do not inflate as they inflate wall time), and the sessions the device
+         holds at the model's frame rate (`worldmodel.scheduler.sessions_at_rate`).
 
 Frames come from the real game (context) under a fixed script of walking and turning. On
 CUDA every clock is read after a synchronize. Progress goes to stderr; `--json` prints one
@@ -236,6 +238,7 @@ def play_threads(sessions: list, frames: int, warmup: int, seed: int) -> dict:
     ctx, ctx_actions = game_clip(sessions[0].size, sessions[0].context_length, seed)
     dev = sessions[0].device
     spans: list[list[tuple[float, float]]] = [[] for _ in sessions]
+    cpu = [0.0] * len(sessions)  # CPU time of each player's own thread over its timed steps
     errors: list[BaseException] = []
     start = threading.Barrier(len(sessions))
 
@@ -246,11 +249,12 @@ def play_threads(sessions: list, frames: int, warmup: int, seed: int) -> dict:
             acts = script(warmup + frames, seed + 1 + i)
             start.wait()
             for k, a in enumerate(acts):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 s.step(a)
                 sync(dev)
                 if k >= warmup:
                     spans[i].append((t0, time.perf_counter()))
+                    cpu[i] += time.thread_time() - c0
         except BaseException as e:  # reported after the join
             errors.append(e)
             start.abort()
@@ -268,7 +272,8 @@ def play_threads(sessions: list, frames: int, warmup: int, seed: int) -> dict:
     ms = np.array([(b - a) * 1e3 for sp in spans for a, b in sp])
     return {"aggregate_fps": len(ms) / (last - first), "per_player_fps": float(np.mean(each)),
             "slowest_player_fps": float(min(each)), "p50_ms": float(np.percentile(ms, 50)),
-            "p95_ms": float(np.percentile(ms, 95)), "frames_per_player": frames}
+            "p95_ms": float(np.percentile(ms, 95)), "frames_per_player": frames,
+            "thread_cpu_ms_per_frame": float(sum(cpu) * 1e3 / len(ms))}
 
 
 def bench_players(template: WorldSession, counts: list[int], frames: int, warmup: int,
@@ -284,10 +289,14 @@ def bench_players(template: WorldSession, counts: list[int], frames: int, warmup
             s.sampler.fuse_write = template.sampler.fuse_write
         log(f"{n} player(s): separate sessions")
         row = {"players": n, "separate": play_threads(separate, frames, warmup, seed)}
+        row["separate"]["cpu_ms_per_frame"] = row["separate"].pop("thread_cpu_ms_per_frame")
         log(f"{n} player(s): batched, {rows or n} rows")
         with BatchedWorld(template, rows or n) as world:
-            row["batched"] = play_threads([world.session() for _ in range(n)], frames, warmup,
-                                          seed) | {"rows": world.rows, "ticks": world.ticks}
+            b = play_threads([world.session() for _ in range(n)], frames, warmup, seed)
+            # the work is on the scheduler thread: its CPU time over every tick, warm-up too
+            b.pop("thread_cpu_ms_per_frame")
+            row["batched"] = b | {"rows": world.rows, "ticks": world.ticks,
+                                  "cpu_ms_per_frame": world.cpu_s * 1e3 / world.steps_done}
         log(f"  separate {row['separate']['per_player_fps']:.1f}, batched "
             f"{row['batched']['per_player_fps']:.1f} frames/s per player")
         out.append(row)
@@ -323,16 +332,16 @@ def players_table(r: dict) -> str:
     rows = [f"device      {r['device']} ({hw}), {r['dtype']}, torch {r['torch']}, {r['threads']} "
             f"thread(s), cores {r['affinity']}, load {r['load_avg']}",
             "",
-            f"{'players':>7} | {'separate: total':>15} {'each':>6} {'p50':>6} {'p95':>6} | "
-            f"{'batched: total':>14} {'each':>6} {'p50':>6} {'p95':>6} {'rows':>4}"]
+            f"{'players':>7} | {'separate: total':>15} {'each':>6} {'p50':>6} {'p95':>6} {'cpu':>5} | "
+            f"{'batched: total':>14} {'each':>6} {'p50':>6} {'p95':>6} {'cpu':>5} {'rows':>4}"]
     for p in r["players"]:
         s, b = p["separate"], p["batched"]
         rows.append(f"{p['players']:>7} | {s['aggregate_fps']:>15.1f} {s['per_player_fps']:>6.1f} "
-                    f"{s['p50_ms']:>6.1f} {s['p95_ms']:>6.1f} | {b['aggregate_fps']:>14.1f} "
-                    f"{b['per_player_fps']:>6.1f} {b['p50_ms']:>6.1f} {b['p95_ms']:>6.1f} "
-                    f"{b['rows']:>4}")
+                    f"{s['p50_ms']:>6.1f} {s['p95_ms']:>6.1f} {s['cpu_ms_per_frame']:>5.1f} | "
+                    f"{b['aggregate_fps']:>14.1f} {b['per_player_fps']:>6.1f} {b['p50_ms']:>6.1f} "
+                    f"{b['p95_ms']:>6.1f} {b['cpu_ms_per_frame']:>5.1f} {b['rows']:>4}")
     held = r["sessions_at_target"]
-    rows += ["", f"frames/s, frame times in ms; sessions held at {r['target_fps']} frames/s each: "
+    rows += ["", f"frames/s, frame times and CPU ms per frame; sessions held at {r['target_fps']} frames/s each: "
              f"{held['sessions']} (per player by rows: "
              + ", ".join(f"{k}: {v:.1f}" for k, v in held["per_player_fps_by_rows"].items()) + ")"]
     return "\n".join(rows)

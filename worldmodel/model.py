@@ -344,6 +344,7 @@ class SlotKVCache:
         ]
         self.n_slots = sinks + window - 1
         self.active = [True] * rows
+        self._layouts: dict[tuple, tuple[Tensor, Tensor]] = {}  # the steps of a tick share one
 
     def reset(self) -> None:
         for c in self.slots:
@@ -356,6 +357,9 @@ class SlotKVCache:
     def layout(self, chunk: int) -> tuple[Tensor, Tensor]:
         """Per row: RoPE positions (rows, Fk) and visibility (rows, chunk, Fk) over all slots
         and then the chunk, Fk = slots + chunk; a row's unfilled slots are invisible."""
+        key = (chunk, *((c.frames, *c.slot_time) for c in self.slots))
+        if key in self._layouts:
+            return self._layouts[key]
         S = self.n_slots
         pos = torch.zeros(len(self.slots), S + chunk, dtype=torch.float64)
         visible = torch.zeros(len(self.slots), chunk, S + chunk, dtype=torch.bool)
@@ -364,6 +368,8 @@ class SlotKVCache:
             n = len(c.slot_time)
             pos[r, :n], pos[r, S:] = p[:n], p[n:]
             visible[r, :, :n], visible[r, :, S:] = v[:, :n], v[:, n:]
+        self._layouts = {key: (pos, visible)} | {k: x for k, x in self._layouts.items()
+                                                 if k[0] != chunk}  # one per chunk size
         return pos, visible
 
     @torch.no_grad()

@@ -84,7 +84,8 @@ class BatchedWorld:
         self._cond = threading.Condition()
         self._model_lock = threading.Lock()  # a tick and a reset never run at once
         self._closed = False
-        self.ticks = 0
+        # ticks run, their CPU time on the scheduler thread, steps they carried
+        self.ticks, self.cpu_s, self.steps_done = 0, 0.0, 0
         self._thread = threading.Thread(target=self._run, name="wm-scheduler", daemon=True)
         self._thread.start()
 
@@ -188,7 +189,7 @@ class BatchedWorld:
 
     @torch.no_grad()
     def _tick(self, batch: dict[int, _Request]) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             with self._model_lock:
                 frames, t1 = self._generate(batch)
@@ -196,12 +197,15 @@ class BatchedWorld:
             for req in batch.values():
                 req.future.set_exception(e)
             return
-        t2 = time.perf_counter()
+        t2, cpu = time.perf_counter(), time.thread_time() - c0
         self.ticks += 1
+        self.cpu_s += cpu
+        self.steps_done += len(batch)
         for row, req in batch.items():
             req.session._deliver(req, list(frames[row]), {
                 "model_ms": (t1 - t0) * 1e3, "decode_ms": (t2 - t1) * 1e3,
-                "wait_ms": (t0 - req.submitted) * 1e3, "batch": len(batch), "rows": self.rows})
+                "tick_cpu_ms": cpu * 1e3, "wait_ms": (t0 - req.submitted) * 1e3,
+                "batch": len(batch), "rows": self.rows})
 
     def _generate(self, batch: dict[int, _Request]) -> tuple[np.ndarray, float]:
         """One tick: (rows, chunk, H, W, 3) uint8 frames, and the time the model finished."""
