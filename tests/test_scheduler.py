@@ -91,14 +91,14 @@ def test_slot_rows_equal_separate_samplers(window, sinks, chunk):
 
 
 def run_mates(ck, rows: int, plan: dict[str, tuple[int, int, int]], ticks: int,
-              device: str = "cpu") -> dict[str, list[np.ndarray]]:
+              device: str = "cpu", group: int | None = None) -> dict[str, list[np.ndarray]]:
     """Sessions named in `plan` (seed, join tick, leave tick) stepping in lockstep ticks on a
     fresh BatchedWorld; returns each one's frames."""
     template = WorldSession.from_checkpoint(ck, device=device)
     ctx = context(template.size, 3)
     out: dict[str, list[np.ndarray]] = {k: [] for k in plan}
     live: dict[str, object] = {}
-    with BatchedWorld(template, rows, max_wait_s=5.0, idle_s=5.0) as world:
+    with BatchedWorld(template, rows, group, max_wait_s=5.0, idle_s=5.0) as world:
         for tick in range(ticks):
             for name, (seed, join, leave) in plan.items():
                 if tick == join:
@@ -123,8 +123,12 @@ def check_batch_invariance(ck, rows, ticks, device="cpu"):
         # a joins late into a full world whose members come and go; a lands on another row
         {"b": (1, 0, -1), "c": (2, 0, 3), "a": (7, 1, -1), "d": (4, 2, -1), "e": (5, 4, -1)},
     ]
-    for plan in plans:
-        got = run_mates(ck, rows, plan, ticks + plan["a"][1], device)["a"]
+    # a world of two groups of that size: a lands in the second, others come and go in both
+    plans.append({"b": (1, 0, -1), "c": (2, 0, 2), "d": (4, 0, -1), "e": (5, 0, -1),
+                  "f": (6, 0, 3), "a": (7, 1, -1), "g": (8, 4, -1)})
+    for k, plan in enumerate(plans):
+        world_rows, group = (rows, None) if k < 2 else (2 * rows, rows)
+        got = run_mates(ck, world_rows, plan, ticks + plan["a"][1], device, group)["a"]
         assert len(got) == ticks
         for i, (x, y) in enumerate(zip(alone, got)):
             assert np.array_equal(x, y), f"frame {i} differs by {np.abs(x.astype(int) - y).max()}"
@@ -173,6 +177,26 @@ def test_rows_are_limited_and_freed(tiny):
         with pytest.raises(RuntimeError, match="closed"):
             a.reset(context(c.size))
         b.close(), c.close()
+    with pytest.raises(ValueError):
+        BatchedWorld.from_checkpoint(tiny, rows=6, group=4)
+
+
+def test_groups_run_only_when_stepped(tiny):
+    """A lone player on a world of two groups gets the frames of a one-group world, and
+    its ticks run its own group only."""
+    template = WorldSession.from_checkpoint(tiny)
+    ctx = context(template.size)
+    frames = {}
+    for rows, group in ((2, None), (4, 2)):
+        with BatchedWorld(template, rows, group) as world:
+            s = world.session()
+            s.reset(ctx, seed=3)
+            frames[rows] = [s.step(a) for a in script(5, 1)]
+            assert s.sampling == {"batch_rows": 2}
+            assert [sm.cache.slots[0].frames for sm in world.samplers][1:] in ([], [0])
+            # the context and every frame but the last, which waits to ride on the next step
+            assert world.samplers[0].cache.slots[0].frames == template.context_length + 5 - 1
+    assert all(np.array_equal(x, y) for x, y in zip(frames[2], frames[4]))
 
 
 def test_a_paused_session_holds_nobody_back(tiny):

@@ -1,6 +1,6 @@
 """Many players, one forward: the steps of all live sessions on a device, batched.
 
-    world = BatchedWorld.from_checkpoint("default", device="cpu", rows=4)
+    world = BatchedWorld.from_checkpoint("default", device="cpu", rows=8, group=4)
     session = world.session()          # the WorldSession door; SessionsFull when all rows are taken
     session.reset(context_frames, context_actions=None, seed=0)
     frame = session.step(Action())     # blocks until the tick that carries it
@@ -10,18 +10,21 @@
 
 A server keeps one thread per player calling `session.step(action)`, as with `WorldSession`.
 One scheduler thread gathers the pending steps and runs them as one tick: the student's
-denoising passes over all rows at once (`StudentSampler` on a `SlotKVCache`), then one decode.
-Each session owns a row: its KV cache slot, seed stream, frame index, window and sinks.
+denoising passes over a group of rows at once (`StudentSampler` on a `SlotKVCache`), then one
+decode. Each session owns a row: its KV cache slot, seed stream, frame index, window and
+sinks. The `rows` of a world (the sessions it holds) come in groups of `group` rows (all of
+them by default); a tick runs each group that has a step pending, so a few players on a big
+world pay for the groups they are in, not for every row.
 
 When a tick runs: as soon as every session that is playing has a step pending, or
 `max_wait_s` after the oldest pending step, whichever comes first. A session that has not
 asked for a frame for `idle_s` (paused, or its player gone quiet) is not waited for, so it
 holds nobody back; a slow one costs the others at most `max_wait_s` a tick.
 
-Replay stays exact. A tick always runs `rows` rows, the idle ones included, with a mask on
+Replay stays exact. A group always runs all its rows, the idle ones included, with a mask on
 every attention call, so its shapes never depend on who is playing; rows do not interact, so
-a session's frames depend only on its own inputs and on `rows`. That number is the
-session's `sampling["batch_rows"]`: a replay with a world of the same `rows` regenerates the
+a session's frames depend only on its own inputs and on the group size. That number is the
+session's `sampling["batch_rows"]`: a replay on a world of that many rows regenerates the
 frames bit for bit on the same device (tests/test_scheduler.py checks it on CPU SDPA; on
 CUDA it rests on the kernels being chosen by shape alone, which cuBLAS and SDPA do for a
 fixed shape, but no GPU test has shown it). The unbatched `WorldSession` runs other shapes,
@@ -60,24 +63,28 @@ class _Request:
 
 
 class BatchedWorld:
-    """All sessions of one model on one device, stepped together in ticks of `rows` rows."""
+    """All sessions of one model on one device, stepped together in ticks."""
 
-    def __init__(self, template: WorldSession, rows: int = 4, *, max_wait_s: float | None = None,
-                 idle_s: float = 0.25):
+    def __init__(self, template: WorldSession, rows: int = 4, group: int | None = None, *,
+                 max_wait_s: float | None = None, idle_s: float = 0.25):
         """template: a loaded WorldSession whose tokenizer, student and sampler settings the
-        rows share (`from_checkpoint` makes one). max_wait_s defaults to half a frame."""
-        if rows < 1:
-            raise ValueError(f"rows must be at least 1, got {rows}")
+        rows share (`from_checkpoint` makes one). rows: sessions held; group: rows run as one
+        batch (rows by default; it must divide rows). max_wait_s defaults to half a frame."""
+        group = rows if group is None else group
+        if rows < 1 or group < 1 or rows % group:
+            raise ValueError(f"need rows >= 1 and a group size that divides them, got {rows}, {group}")
         self.template = template
-        self.rows = rows
+        self.rows, self.group = rows, group
         self.max_wait_s = 0.5 / template.fps if max_wait_s is None else max_wait_s
         self.idle_s = idle_s
         model = template.model
         p = next(model.parameters())
         cfg = template.sampler.cfg
-        cache = SlotKVCache(model.cfg, rows, cfg.window, cfg.sinks, p.device, p.dtype)
-        self.sampler = StudentSampler(model, cfg, fuse_write=template.sampler.fuse_write,
-                                      cache=cache)
+        self.samplers = [  # one per group, each with a cache of its own
+            StudentSampler(model, cfg, fuse_write=template.sampler.fuse_write,
+                           cache=SlotKVCache(model.cfg, group, cfg.window, cfg.sinks,
+                                             p.device, p.dtype))
+            for _ in range(rows // group)]
         self._free = list(range(rows))
         self._sessions: dict[int, BatchedSession] = {}
         self._pending: dict[int, _Request] = {}
@@ -142,7 +149,8 @@ class BatchedWorld:
 
     def _prefill(self, session: BatchedSession, z: torch.Tensor, a: torch.Tensor) -> None:
         with self._model_lock:
-            self.sampler.prefill(z, a, row=session.row)
+            g, r = divmod(session.row, self.group)
+            self.samplers[g].prefill(z, a, row=r)
 
     def _submit(self, session: BatchedSession, action: Action) -> Future:
         fut: Future = Future()
@@ -205,25 +213,33 @@ class BatchedWorld:
             req.session._deliver(req, list(frames[row]), {
                 "model_ms": (t1 - t0) * 1e3, "decode_ms": (t2 - t1) * 1e3,
                 "tick_cpu_ms": cpu * 1e3, "wait_ms": (t0 - req.submitted) * 1e3,
-                "batch": len(batch), "rows": self.rows})
+                "batch": len(batch), "rows": self.group})
 
-    def _generate(self, batch: dict[int, _Request]) -> tuple[np.ndarray, float]:
-        """One tick: (rows, chunk, H, W, 3) uint8 frames, and the time the model finished."""
-        cfg = self.sampler.cfg
+    def _generate(self, batch: dict[int, _Request]) -> tuple[dict[int, np.ndarray], float]:
+        """One tick: each stepped row's (chunk, H, W, 3) uint8 frames, and the time the
+        model finished."""
+        cfg = self.template.sampler.cfg
         dev = self.device
         dim = self.template.model.cfg.action_dim
-        acts = torch.zeros(self.rows, cfg.chunk, dim)
-        gens: list[torch.Generator | None] = [None] * self.rows
-        for row, req in batch.items():
-            acts[row] = torch.from_numpy(req.action.to_vector())  # a chunk's frames share it
-            gens[row] = req.session._generator
-        active = [row in batch for row in range(self.rows)]
-        z = self.sampler.step(acts.to(dev), gens, rows=active)  # (rows, chunk, C, h, w)
+        G = self.group
+        latents = {}
+        for g in sorted({row // G for row in batch}):
+            acts = torch.zeros(G, cfg.chunk, dim)
+            gens: list[torch.Generator | None] = [None] * G
+            for row in range(g * G, (g + 1) * G):
+                if row in batch:  # a chunk's frames share the action
+                    acts[row - g * G] = torch.from_numpy(batch[row].action.to_vector())
+                    gens[row - g * G] = batch[row].session._generator
+            active = [g * G + r in batch for r in range(G)]
+            latents[g] = self.samplers[g].step(acts.to(dev), gens, rows=active)  # (G, chunk, C, h, w)
         t1 = time.perf_counter()
-        # every row is decoded, idle ones too: a fixed shape, like the model's passes
-        x = self.template.tokenizer.decode(z.flatten(0, 1)).float().cpu()
-        frames = tensor_to_frames(x).numpy()
-        return frames.reshape(self.rows, cfg.chunk, *frames.shape[1:]), t1
+        out = {}
+        for g, z in latents.items():
+            # every row of the group is decoded, idle ones too: a fixed shape, as in the passes
+            x = tensor_to_frames(self.template.tokenizer.decode(z.flatten(0, 1)).float().cpu())
+            frames = x.numpy().reshape(G, cfg.chunk, *x.shape[1:])
+            out |= {g * G + r: frames[r] for r in range(G) if g * G + r in batch}
+        return out, t1
 
 
 class BatchedSession:
@@ -252,7 +268,7 @@ class BatchedSession:
     @property
     def sampling(self) -> dict[str, Any]:
         """What a replay must match to regenerate this session's frames exactly."""
-        return {"batch_rows": self.world.rows}
+        return {"batch_rows": self.world.group}
 
     def reset(self, context_frames, context_actions=None, seed: int = 0) -> None:
         """As `WorldSession.reset`; runs between ticks, touching only this session's row."""
@@ -274,7 +290,7 @@ class BatchedSession:
         if self._queue:  # the rest of a chunk: no tick needed
             fut: Future = Future()
             self._hand_out(fut, self._queue, {"model_ms": 0.0, "decode_ms": 0.0,
-                                              "wait_ms": 0.0, "batch": 0, "rows": self.world.rows})
+                                              "wait_ms": 0.0, "batch": 0, "rows": self.world.group})
             return fut
         return self.world._submit(self, action)
 
