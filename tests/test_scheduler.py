@@ -250,6 +250,34 @@ def test_threads_per_session(tiny):
         assert world.ticks < 30  # some ticks carried more than one player
 
 
+def test_ticks_longer_than_idle_still_batch_everyone(tiny):
+    """Players whose ticks take longer than idle_s are still waited for: otherwise each
+    would look idle at the next tick and the batch would fall apart into single steps."""
+    with BatchedWorld.from_checkpoint(tiny, rows=3, max_wait_s=5.0, idle_s=0.05) as world:
+        slow = world._generate
+
+        def generate(batch):
+            time.sleep(0.1)
+            return slow(batch)
+
+        world._generate = generate
+        sessions = [world.session() for _ in range(3)]
+        ctx = context(sessions[0].size)
+        for s in sessions:
+            s.reset(ctx)
+
+        def play(s):
+            for a in script(6, 0):
+                s.step(a)
+
+        threads = [threading.Thread(target=play, args=(s,)) for s in sessions]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert world.steps_done == 18 and world.ticks <= 8
+
+
 def test_sessions_at_rate(tiny):
     template = WorldSession.from_checkpoint(tiny)
     held, tried = sessions_at_rate(template, target_fps=1e-3, max_rows=3, ticks=2)

@@ -17,9 +17,10 @@ them by default); a tick runs each group that has a step pending, so a few playe
 world pay for the groups they are in, not for every row.
 
 When a tick runs: as soon as every session that is playing has a step pending, or
-`max_wait_s` after the oldest pending step, whichever comes first. A session that has not
-asked for a frame for `idle_s` (paused, or its player gone quiet) is not waited for, so it
-holds nobody back; a slow one costs the others at most `max_wait_s` a tick.
+`max_wait_s` after the oldest pending step, whichever comes first. A session that got its
+last frame more than `idle_s` ago and has not asked for the next (paused, or its player gone
+quiet) is not waited for, so it holds nobody back; a slow one costs the others at most
+`max_wait_s` a tick.
 
 Replay stays exact. A group always runs all its rows, the idle ones included, with a mask on
 every attention call, so its shapes never depend on who is playing; rows do not interact, so
@@ -160,18 +161,19 @@ class BatchedWorld:
             if session.row in self._pending:
                 raise RuntimeError("this session already has a step pending")
             self._pending[session.row] = _Request(session, action, fut)
-            session.last_submit = time.perf_counter()
             self._cond.notify_all()
         return fut
 
     # ------------------------------------------------------------ the scheduler thread
 
     def _everyone_in(self, now: float) -> bool:
-        """Every session that is playing (asked for a frame within idle_s) has a step pending."""
+        """Every session that is playing (got a frame within idle_s, so may ask again any
+        moment) has a step pending. Counted from the frame, not from the last request: a
+        tick longer than idle_s must not make every player look idle."""
         for row, s in self._sessions.items():
-            if row in self._pending or s.last_submit is None:
+            if row in self._pending or s.last_frame_at is None:
                 continue
-            if now - s.last_submit < self.idle_s:
+            if now - s.last_frame_at < self.idle_s:
                 return False
         return True
 
@@ -255,7 +257,7 @@ class BatchedSession:
         self.tokenizer, self.model = t.tokenizer, t.model
         self.frame_index = 0
         self.last_timings: dict[str, float] = {}
-        self.last_submit: float | None = None  # read by the scheduler under its lock
+        self.last_frame_at: float | None = None  # when a tick last delivered to this session
         self._generator = torch.Generator(device=t.device)
         self._queue: list[np.ndarray] = []  # frames of a chunk not yet handed out
         self._started = False
@@ -278,6 +280,7 @@ class BatchedSession:
         self._generator.manual_seed(int(seed))
         self.frame_index = 0
         self._queue = []
+        self.last_frame_at = None
         self._started = True
 
     def submit(self, action: Action) -> Future:
@@ -311,6 +314,7 @@ class BatchedSession:
             raise RuntimeError("this session is closed")
 
     def _deliver(self, req: _Request, frames: list[np.ndarray], timings: dict) -> None:
+        self.last_frame_at = time.perf_counter()
         self._hand_out(req.future, frames, timings)
 
     def _hand_out(self, fut: Future, frames: list[np.ndarray], timings: dict) -> None:
