@@ -15,6 +15,17 @@ teacher  `teacher_rollout` one frame at a time, as `wm sample` dreams: `--teache
 memory   the process's resident set (and on CUDA the allocator's peak) after 100 frames of a
          session and after `--long` frames: a rolling KV cache keeps them equal.
 
+    wm bench --checkpoint default --players 1,2,4,8 --json       # many players instead
+
+players  for each count N, N players each on a thread of its own stepping as fast as frames
+         come: "separate" gives each a `WorldSession` (batch 1, as `wm play` serves today),
+         "batched" puts all N on one `BatchedWorld` of N rows (`--rows R` for a fixed R).
+         Aggregate frames/s over the timed window, per-player frames/s and p50/p95 frame
+         time, CPU ms per frame (the players' own threads for separate sessions, the
+         scheduler thread for batched: the work a frame costs, which other jobs on a shared
+         machine do not inflate as they inflate wall time), and the sessions the device
+         holds at the model's frame rate (`worldmodel.scheduler.sessions_at_rate`).
+
 Frames come from the real game (context) under a fixed script of walking and turning. On
 CUDA every clock is read after a synchronize. Progress goes to stderr; `--json` prints one
 JSON object on stdout.
@@ -209,6 +220,124 @@ def bench_teacher(model: DiT, tok: Tokenizer, sampling: TeacherConfig, *, frames
         "params": model.param_count()}
 
 
+def play_threads(sessions: list, frames: int, warmup: int, seed: int) -> dict:
+    """Each session on a thread of its own: reset, `warmup` steps, then `frames` timed steps.
+    Aggregate frames/s over the window from the first timed step to the last; per player,
+    frames/s over its own window and the p50/p95 of every timed frame time."""
+    import threading
+
+    ctx, ctx_actions = game_clip(sessions[0].size, sessions[0].context_length, seed)
+    dev = sessions[0].device
+    spans: list[list[tuple[float, float]]] = [[] for _ in sessions]
+    cpu = [0.0] * len(sessions)  # CPU time of each player's own thread over its timed steps
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(sessions))
+
+    def play(i: int) -> None:
+        try:
+            s = sessions[i]
+            s.reset(ctx, ctx_actions, seed=seed + i)
+            acts = script(warmup + frames, seed + 1 + i)
+            start.wait()
+            for k, a in enumerate(acts):
+                t0, c0 = time.perf_counter(), time.thread_time()
+                s.step(a)
+                sync(dev)
+                if k >= warmup:
+                    spans[i].append((t0, time.perf_counter()))
+                    cpu[i] += time.thread_time() - c0
+        except BaseException as e:  # reported after the join
+            errors.append(e)
+            start.abort()
+
+    threads = [threading.Thread(target=play, args=(i,)) for i in range(len(sessions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    first = min(sp[0][0] for sp in spans)
+    last = max(sp[-1][1] for sp in spans)
+    each = [len(sp) / (sp[-1][1] - sp[0][0]) for sp in spans]
+    ms = np.array([(b - a) * 1e3 for sp in spans for a, b in sp])
+    return {"aggregate_fps": len(ms) / (last - first), "per_player_fps": float(np.mean(each)),
+            "slowest_player_fps": float(min(each)), "p50_ms": float(np.percentile(ms, 50)),
+            "p95_ms": float(np.percentile(ms, 95)), "frames_per_player": frames,
+            "thread_cpu_ms_per_frame": float(sum(cpu) * 1e3 / len(ms))}
+
+
+def bench_players(template: WorldSession, counts: list[int], frames: int, warmup: int,
+                  seed: int, rows: int | None = None) -> list[dict]:
+    """For each player count: N separate sessions against N sessions on one BatchedWorld."""
+    from worldmodel.scheduler import BatchedWorld
+
+    out = []
+    for n in counts:
+        separate = [WorldSession(template.tokenizer, template.model, template.sampler.cfg,
+                                 name=template.name, fps=template.fps) for _ in range(n)]
+        for s in separate:
+            s.sampler.fuse_write = template.sampler.fuse_write
+        log(f"{n} player(s): separate sessions")
+        row = {"players": n, "separate": play_threads(separate, frames, warmup, seed)}
+        row["separate"]["cpu_ms_per_frame"] = row["separate"].pop("thread_cpu_ms_per_frame")
+        log(f"{n} player(s): batched, {rows or n} rows")
+        with BatchedWorld(template, rows or n) as world:
+            b = play_threads([world.session() for _ in range(n)], frames, warmup, seed)
+            # the work is on the scheduler thread: its CPU time over every tick, warm-up too
+            b.pop("thread_cpu_ms_per_frame")
+            row["batched"] = b | {"rows": world.rows, "ticks": world.ticks,
+                                  "cpu_ms_per_frame": world.cpu_s * 1e3 / world.steps_done}
+        log(f"  separate {row['separate']['per_player_fps']:.1f}, batched "
+            f"{row['batched']['per_player_fps']:.1f} frames/s per player")
+        out.append(row)
+    return out
+
+
+def run_players(args: BenchConfig, device: torch.device) -> dict:
+    from worldmodel.scheduler import sessions_at_rate
+
+    counts = sorted(set(args.players))
+    if not counts or counts[0] < 1:
+        raise SystemExit("wm bench: --players takes positive counts, e.g. 1,2,4,8")
+    folder = resolve_checkpoint(args.checkpoint)
+    template = WorldSession.from_checkpoint(folder, device=str(device))
+    if args.separate_write:
+        template.sampler.fuse_write = False
+    p = next(template.model.parameters())
+    out: dict = {"device": device.type, "resolution": template.size,
+                 "dtype": str(p.dtype).split(".")[-1]} | machine(device)
+    out |= {"checkpoint": str(folder), "checkpoint_hash": template.checkpoint_hash,
+            "target_fps": template.fps, "attention": backend_of(template.model),
+            "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
+    out["players"] = bench_players(template, counts, args.frames, args.warmup, args.seed,
+                                   args.rows or None)
+    log("sessions at the target rate")
+    held, tried = sessions_at_rate(template, max_rows=args.max_rows)
+    out["sessions_at_target"] = {"sessions": held, "per_player_fps_by_rows": tried}
+    return out
+
+
+def players_table(r: dict) -> str:
+    hw = r.get("gpu") or r["cpu"]
+    rows = [f"device      {r['device']} ({hw}), {r['dtype']}, torch {r['torch']}, {r['threads']} "
+            f"thread(s), cores {r['affinity']}, load {r['load_avg']}",
+            "",
+            f"{'players':>7} | {'separate: total':>15} {'each':>6} {'p50':>6} {'p95':>6} {'cpu':>5} | "
+            f"{'batched: total':>14} {'each':>6} {'p50':>6} {'p95':>6} {'cpu':>5} {'rows':>4}"]
+    for p in r["players"]:
+        s, b = p["separate"], p["batched"]
+        rows.append(f"{p['players']:>7} | {s['aggregate_fps']:>15.1f} {s['per_player_fps']:>6.1f} "
+                    f"{s['p50_ms']:>6.1f} {s['p95_ms']:>6.1f} {s['cpu_ms_per_frame']:>5.1f} | "
+                    f"{b['aggregate_fps']:>14.1f} {b['per_player_fps']:>6.1f} {b['p50_ms']:>6.1f} "
+                    f"{b['p95_ms']:>6.1f} {b['cpu_ms_per_frame']:>5.1f} {b['rows']:>4}")
+    held = r["sessions_at_target"]
+    rows += ["", f"frames/s, frame times and CPU ms per frame; sessions held at {r['target_fps']} frames/s each: "
+             f"{held['sessions']} (per player by rows: "
+             + ", ".join(f"{k}: {v:.1f}" for k, v in held["per_player_fps_by_rows"].items()) + ")"]
+    return "\n".join(rows)
+
+
 def run(args: BenchConfig) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -216,6 +345,8 @@ def run(args: BenchConfig) -> dict:
                           "cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("wm bench: --device cuda but CUDA is not available")
+    if args.players:
+        return run_players(args, device)
     if args.long < MEMORY_EARLY:
         raise SystemExit(f"wm bench: --long must be at least {MEMORY_EARLY}")
     if args.frames < 1 or args.teacher_frames < 1:
@@ -318,6 +449,9 @@ class BenchConfig:
     threads: int = 0
     seed: int = 1_000_000
     separate_write: bool = False
+    players: tuple[int, ...] = ()
+    rows: int = 0
+    max_rows: int = 64
     json: bool = False
 
 
@@ -333,11 +467,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "seed": "world seed of the context frames",
         "separate_write": "cache each frame with a pass of its own, not inside the next "
                           "frame's first step (to measure what the fused write saves)",
+        "players": "player counts, e.g. 1,2,4,8: batched against separate sessions "
+                   "instead of the student/teacher bench",
+        "rows": "with --players: rows of the batched world (0: as many as players)",
+        "max_rows": "with --players: the most sessions the capacity search tries",
         "json": "print one JSON object on stdout"})
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(BenchConfig, args)
     result = run(cfg)
-    print(json.dumps(result) if cfg.json else table(result))
+    render = players_table if cfg.players else table
+    print(json.dumps(result) if cfg.json else render(result))
     return 0

@@ -72,9 +72,12 @@ def student_timesteps(steps: int = 4, shift: float = 3.0) -> torch.Tensor:
     return shift_time(torch.linspace(1, 0, steps + 1)[:-1], shift)
 
 
-def renoise(x0: torch.Tensor, t: float | torch.Tensor, generator=None) -> torch.Tensor:
-    """Jump from a clean prediction to noise level t with fresh noise (few-step sampling)."""
-    noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+def renoise(x0: torch.Tensor, t: float | torch.Tensor, generator=None,
+            noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Jump from a clean prediction to noise level t with fresh noise (few-step sampling);
+    `noise` given, that noise instead of a draw from `generator`."""
+    if noise is None:
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     return add_noise(x0, noise, t)
 
 

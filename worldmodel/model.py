@@ -252,13 +252,19 @@ class KVCache:
         sinks: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        storage: Tensor | None = None,
     ):
+        """storage: an existing tensor to keep the keys and values in (one row of a
+        `SlotKVCache`); by default the cache allocates its own."""
         if window < 1 or sinks < 0:
             raise ValueError(f"need window >= 1 and sinks >= 0, got {window}, {sinks}")
         self.window, self.sinks, self.ring = window, sinks, window - 1
         self.tokens_per_frame = N = cfg.tokens_per_frame
         shape = (cfg.depth, 2, batch_size, cfg.heads, (sinks + self.ring) * N, cfg.head_dim)
-        self.kv = torch.zeros(shape, device=device, dtype=dtype)  # (layer, k/v, B, H, slots*N, Dh)
+        if storage is not None and tuple(storage.shape) != shape:
+            raise ValueError(f"storage must be {shape}, got {tuple(storage.shape)}")
+        # (layer, k/v, B, H, slots*N, Dh)
+        self.kv = storage if storage is not None else torch.zeros(shape, device=device, dtype=dtype)
         self.reset()
 
     def reset(self) -> None:
@@ -308,6 +314,70 @@ class KVCache:
             self.slot_time += [-1] * (slot + 1 - len(self.slot_time))
             self.slot_time[slot] = time
         self.frames += chunk
+
+
+class SlotKVCache:
+    """The KV caches of `rows` independent sessions in one tensor, for one batched
+    `DiT.forward_step` over all of them (the scheduler of `worldmodel.scheduler`).
+
+    Row r is `slots[r]`, a `KVCache` of batch 1 that is a view into the shared tensor, with a
+    frame count and ring of its own: rows join, leave and advance at different times. Only
+    the rows flagged in `active` take a step's keys and values. Every step attends over all
+    S + W - 1 slots of every row, with the unfilled ones masked out, and always through a
+    mask: the shapes, and so the kernels, of a step never depend on the rows' states, which
+    is what keeps a row's numbers independent of the other rows of the batch.
+    """
+
+    def __init__(
+        self,
+        cfg: DiTConfig,
+        rows: int,
+        window: int,
+        sinks: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        self.shared = KVCache(cfg, rows, window, sinks, device, dtype)
+        self.slots = [
+            KVCache(cfg, 1, window, sinks, storage=self.shared.kv[:, :, r : r + 1])
+            for r in range(rows)
+        ]
+        self.n_slots = sinks + window - 1
+        self.active = [True] * rows
+        self._layouts: dict[tuple, tuple[Tensor, Tensor]] = {}  # the steps of a tick share one
+
+    def reset(self) -> None:
+        for c in self.slots:
+            c.reset()
+
+    def past(self, layer: int) -> tuple[Tensor, Tensor]:
+        """(k, v) of every slot of every row, each (rows, H, slots*N, Dh)."""
+        return self.shared.kv[layer, 0], self.shared.kv[layer, 1]
+
+    def layout(self, chunk: int) -> tuple[Tensor, Tensor]:
+        """Per row: RoPE positions (rows, Fk) and visibility (rows, chunk, Fk) over all slots
+        and then the chunk, Fk = slots + chunk; a row's unfilled slots are invisible."""
+        key = (chunk, *((c.frames, *c.slot_time) for c in self.slots))
+        if key in self._layouts:
+            return self._layouts[key]
+        S = self.n_slots
+        pos = torch.zeros(len(self.slots), S + chunk, dtype=torch.float64)
+        visible = torch.zeros(len(self.slots), chunk, S + chunk, dtype=torch.bool)
+        for r, c in enumerate(self.slots):
+            p, v = c.layout(chunk)  # filled slots first, then the chunk
+            n = len(c.slot_time)
+            pos[r, :n], pos[r, S:] = p[:n], p[n:]
+            visible[r, :, :n], visible[r, :, S:] = v[:, :n], v[:, n:]
+        self._layouts = {key: (pos, visible)} | {k: x for k, x in self._layouts.items()
+                                                 if k[0] != chunk}  # one per chunk size
+        return pos, visible
+
+    @torch.no_grad()
+    def append(self, new_kv: list[tuple[Tensor, Tensor]]) -> None:
+        """Write a chunk's (k, v) per layer, each (rows, H, chunk*N, Dh), into the active rows."""
+        for r, c in enumerate(self.slots):
+            if self.active[r]:
+                c.append([(k[r : r + 1], v[r : r + 1]) for k, v in new_kv])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,15 +431,24 @@ class DiT(nn.Module):
         return tokens, c + a
 
     def rope(self, frame_pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Frame positions (F,) -> cos, sin (F*N, Dh) for every token of those frames."""
+        """Frame positions (F,) -> cos, sin (F*N, Dh) for every token of those frames; positions
+        per batch row (B, F) -> cos, sin (B, 1, F*N, Dh)."""
         cfg = self.cfg
-        return rope_tables(rope_angles(frame_pos, cfg.grid, cfg.head_dim, cfg.rope_theta), dtype)
+        angles = rope_angles(frame_pos.flatten(), cfg.grid, cfg.head_dim, cfg.rope_theta)
+        if frame_pos.dim() == 2:  # each frame's tokens are contiguous, so rows split evenly
+            angles = angles.view(frame_pos.shape[0], 1, -1, angles.shape[-1])
+        return rope_tables(angles, dtype)
 
     def token_mask(self, visible: Tensor, device=None) -> Tensor | None:
-        """Frame visibility (Fq, Fk) -> token mask (Fq*N, Fk*N) on `device`, None if all visible."""
+        """Frame visibility (Fq, Fk) -> token mask (Fq*N, Fk*N) on `device`, None if all visible.
+        Per batch row (B, Fq, Fk) -> (B, 1, Fq*N, Fk*N), always a mask (see `SlotKVCache`)."""
+        N = self.cfg.tokens_per_frame
+        if visible.dim() == 3:
+            if self.cfg.attn_backend == "flex":
+                raise ValueError("per-row masks (a SlotKVCache) need a dense backend, not flex")
+            return visible.to(device).repeat_interleave(N, 1).repeat_interleave(N, 2)[:, None]
         if bool(visible.all()):
             return None
-        N = self.cfg.tokens_per_frame
         mask = visible.to(device).repeat_interleave(N, 0).repeat_interleave(N, 1)
         return dense_block_mask(mask) if self.cfg.attn_backend == "flex" else mask
 
@@ -422,7 +501,7 @@ class DiT(nn.Module):
         x: Tensor,
         t: Tensor,
         actions: Tensor,
-        cache: KVCache,
+        cache: KVCache | SlotKVCache,
         *,
         write: bool | int = False,
         action_mask: Tensor | None = None,
@@ -432,16 +511,18 @@ class DiT(nn.Module):
         x (B, Fc, C, h, w) at flow times t (B, Fc), actions (B, Fc, A). The chunk attends to
         the cache and frame-causally to itself. write=True appends the chunk's keys and values
         to the cache afterwards (call it with the clean frames at t = 0); write=n appends
-        those of the first n frames only. Returns (B, Fc, C, h, w).
+        those of the first n frames only. `cache` is a `KVCache`, or a `SlotKVCache` whose
+        rows each have their own past. Returns (B, Fc, C, h, w).
         """
         cfg = self.cfg
         B, Fc, C, h, w = x.shape
         tokens, c = self.embed(x, t, actions, action_mask)  # (B, Fc, N, D), (B, Fc, D)
-        pos, visible = cache.layout(Fc)  # (Fk,), (Fc, Fk): the cached frames, then the chunk
-        cos, sin = self.rope(pos.to(x.device), tokens.dtype)  # (Fk*N, Dh)
+        # the cached frames, then the chunk: (Fk,), (Fc, Fk); per row (B, Fk), (B, Fc, Fk)
+        pos, visible = cache.layout(Fc)
+        cos, sin = self.rope(pos.to(x.device), tokens.dtype)  # (Fk*N, Dh) or (B, 1, Fk*N, Dh)
         n_q = Fc * cfg.tokens_per_frame
-        rope_q, rope_k = (cos[-n_q:], sin[-n_q:]), (cos, sin)
-        mask = self.token_mask(visible, x.device)  # (Fc*N, Fk*N) or None
+        rope_q, rope_k = (cos[..., -n_q:, :], sin[..., -n_q:, :]), (cos, sin)
+        mask = self.token_mask(visible, x.device)  # (Fc*N, Fk*N), (B, 1, Fc*N, Fk*N) or None
         new_kv = []
         for layer, block in enumerate(self.blocks):
             tokens, kv = block(tokens, c, rope_q, rope_k, mask, cache.past(layer))

@@ -8,12 +8,15 @@ once; ODE pairs and DMD rollouts in distill/ call them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from worldmodel import flow
-from worldmodel.model import DiT, KVCache
+from worldmodel.model import DiT, KVCache, SlotKVCache
+
+Generators = torch.Generator | Sequence[torch.Generator | None] | None
 
 
 @dataclass
@@ -49,36 +52,74 @@ class StudentSampler:
     denoising step, as one 2-frame causal chunk: the same attention, 4 passes a frame
     instead of 5. Only without sinks: positions after the sinks count from the oldest frame
     in the ring, which the fused pass still holds, so with sinks the distances to the sinks
-    would be off by one frame."""
+    would be off by one frame.
+
+    With a `SlotKVCache` (cache=...) each batch row is a session of its own: `prefill(...,
+    row=r)` starts row r alone, and `step(..., rows=...)` advances only the flagged rows, each
+    drawing its noise from its own generator. There a row's last context frame is left
+    pending like a generated one, so every row's first pass has the same shape; the fused
+    write then needs chunk 1."""
 
     def __init__(self, model: DiT, cfg: StudentConfig, batch_size: int = 1,
-                 fuse_write: bool = True):
+                 fuse_write: bool = True, cache: SlotKVCache | None = None):
         self.model = model
         self.cfg = cfg
-        self.fuse_write = fuse_write and cfg.sinks == 0
+        self.fuse_write = fuse_write and cfg.sinks == 0 and (cache is None or cfg.chunk == 1)
         self.timesteps = flow.student_timesteps(cfg.steps, cfg.shift).tolist()
         p = next(model.parameters())
-        self.cache: KVCache = model.init_cache(batch_size, cfg.window, cfg.sinks, p.device, p.dtype)
+        self.cache: KVCache | SlotKVCache = cache if cache is not None else model.init_cache(
+            batch_size, cfg.window, cfg.sinks, p.device, p.dtype)
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # frames not yet cached
 
-    @torch.no_grad()
-    def prefill(self, latents: torch.Tensor, actions: torch.Tensor) -> None:
-        """Write clean context frames (B, F, C, h, w) into a fresh cache."""
-        self.cache.reset()
-        self._pending = None
+    def _write(self, cache: KVCache, latents: torch.Tensor, actions: torch.Tensor) -> None:
         for i in range(0, latents.shape[1], self.cfg.chunk):
             x, a = latents[:, i:i + self.cfg.chunk], actions[:, i:i + self.cfg.chunk]
             t = torch.zeros(x.shape[:2], device=x.device, dtype=x.dtype)
-            self.model.forward_step(x, t, a, self.cache, write=True)
+            self.model.forward_step(x, t, a, cache, write=True)
 
-    def step(self, actions: torch.Tensor, generator: torch.Generator | None = None,
-             exit_step: int | None = None) -> torch.Tensor:
+    def _noise(self, shape: tuple[int, ...], generator: Generators) -> torch.Tensor:
+        """Noise of `shape`; with one generator per row, row r's from its own (zeros where
+        None), drawn exactly as a batch of one would draw it."""
+        p = next(self.model.parameters())
+        if generator is None or isinstance(generator, torch.Generator):
+            return torch.randn(shape, generator=generator, device=p.device, dtype=p.dtype)
+        return torch.cat([
+            torch.randn((1, *shape[1:]), generator=g, device=p.device, dtype=p.dtype)
+            if g is not None else torch.zeros((1, *shape[1:]), device=p.device, dtype=p.dtype)
+            for g in generator])
+
+    @torch.no_grad()
+    def prefill(self, latents: torch.Tensor, actions: torch.Tensor, row: int | None = None) -> None:
+        """Write clean context frames (B, F, C, h, w) into a fresh cache; with `row`, frames
+        (1, F, C, h, w) into that row of a SlotKVCache, the other rows untouched."""
+        if row is None:
+            self.cache.reset()
+            self._pending = None
+            self._write(self.cache, latents, actions)
+            return
+        cache = self.cache.slots[row]
+        cache.reset()
+        n = latents.shape[1] - (1 if self.fuse_write else 0)
+        self._write(cache, latents[:, :n], actions[:, :n])
+        if self.fuse_write:
+            if self._pending is None:
+                rows = len(self.cache.slots)
+                self._pending = (latents.new_zeros((rows, *latents.shape[1:]))[:, :1],
+                                 actions.new_zeros((rows, *actions.shape[1:]))[:, :1])
+            self._pending = (self._pending[0].clone(), self._pending[1].clone())  # may alias a step's output
+            self._pending[0][row] = latents[0, n:]
+            self._pending[1][row] = actions[0, n:]
+
+    def step(self, actions: torch.Tensor, generator: Generators = None,
+             exit_step: int | None = None, rows: Sequence[bool] | None = None) -> torch.Tensor:
         """Generate the next chunk of frames for actions (B, chunk, A) -> clean latents.
 
         Between steps: predict x0, re-noise it to the next level. With exit_step (training,
         Self-Forcing) the chunk stops after that step and returns its x0 prediction, which
         alone records a graph when grad mode is on; the cache always gets the detached frame.
-        Without it every step runs, without a graph."""
+        Without it every step runs, without a graph. generator: one for the batch, or one per
+        row. rows (SlotKVCache only): the rows that advance; the others' caches and pending
+        frames stay as they were."""
         if exit_step is not None and self.fuse_write:
             raise ValueError("exit_step needs fuse_write=False: a fused write would carry a graph")
         grad = torch.is_grad_enabled() and exit_step is not None
@@ -87,7 +128,12 @@ class StudentSampler:
         cfg = self.model.cfg
         shape = (B, Fc, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
         p = next(self.model.parameters())
-        x = torch.randn(shape, generator=generator, device=p.device, dtype=p.dtype)
+        if isinstance(self.cache, SlotKVCache):
+            self.cache.active = list(rows) if rows is not None else [True] * B
+        elif rows is not None:
+            raise ValueError("rows= needs a SlotKVCache")
+        old_pending = self._pending
+        x = self._noise(shape, generator)
         for k in range(last + 1):
             tt = torch.full((B, Fc), self.timesteps[k], device=p.device, dtype=p.dtype)
             with torch.set_grad_enabled(grad and k == last):
@@ -103,9 +149,13 @@ class StudentSampler:
                     v = self.model.forward_step(x, tt, actions, self.cache)
                 x0 = flow.predict_x0(x, v, tt)
             if k < last:
-                x = flow.renoise(x0, self.timesteps[k + 1], generator)
+                x = flow.renoise(x0, self.timesteps[k + 1], noise=self._noise(shape, generator))
         if self.fuse_write:
             self._pending = (x0, actions)
+            if rows is not None and old_pending is not None:
+                keep = ~torch.tensor(list(rows), device=p.device)
+                self._pending = (torch.where(keep.view(B, 1, 1, 1, 1), old_pending[0], x0),
+                                 torch.where(keep.view(B, 1, 1), old_pending[1], actions))
         else:
             with torch.no_grad():
                 zero = torch.zeros((B, Fc), device=p.device, dtype=p.dtype)

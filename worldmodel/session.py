@@ -105,6 +105,22 @@ class WorldSession:
     def reset(self, context_frames, context_actions=None, seed: int = 0) -> None:
         """Start a new session from context frames (one or more; the last context_length are
         used). context_actions[i] is the action that led into context_frames[i]."""
+        z, a = self.encode_context(context_frames, context_actions)
+        self._generator.manual_seed(int(seed))
+        self.sampler.prefill(z, a)
+        self.frame_index = 0
+        self._pending, self._queue = [], []
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """What a replay must match to regenerate this session's frames exactly: here the
+        unbatched path (a `worldmodel.scheduler.BatchedWorld` runs `batch_rows` rows)."""
+        return {"batch_rows": None}
+
+    @torch.no_grad()
+    def encode_context(self, context_frames, context_actions=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked context frames and actions -> latents (1, F, C, h, w) and action vectors
+        (1, F, A) of the last context_length of them, on the session's device."""
         frames = self._check_frames(context_frames)
         if context_actions is None:
             context_actions = [Action()] * len(frames)
@@ -117,10 +133,7 @@ class WorldSession:
         x = frames_to_tensor(torch.from_numpy(frames)).to(self.device)
         z = self.tokenizer.encode(x)[None]  # (1, F, C, h, w)
         a = torch.from_numpy(np.stack([c.to_vector() for c in context_actions]))[None].to(self.device)
-        self._generator.manual_seed(int(seed))
-        self.sampler.prefill(z, a)
-        self.frame_index = 0
-        self._pending, self._queue = [], []
+        return z, a
 
     @torch.no_grad()
     def step(self, action: Action) -> np.ndarray:
