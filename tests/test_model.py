@@ -92,7 +92,7 @@ def test_forward_shapes_and_presets():
     x, t, a = make_inputs(model, B=2, F=3)
     for mode in ("bidirectional", "causal"):
         assert model(x, t, a, mode=mode).shape == x.shape
-    for name in ("tiny", "cpu", "gpu-128", "gpu-256"):
+    for name in ("tiny", "cpu", "cpu-16", "gpu-128", "gpu-256"):
         cfg = get_config(name)
         assert cfg.latent_size % cfg.patch_size == 0
     assert get_config("cpu", depth=3).depth == 3
