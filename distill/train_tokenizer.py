@@ -2,6 +2,8 @@
 
     wm train tokenizer --data data/train --val data/val --out runs/tokenizer --model cpu
     wm train tokenizer --data data/tiny --out runs/tok-tiny --model tiny --steps 30   # seconds
+    wm train tokenizer --data data/w/train --val data/w/val --out runs/tok-4x --model cpu-4x
+                                                              # 16x16 latents, for `cpu-16`
 
 Loss: L1 + MSE on pixels. The latents get a little Gaussian noise during training so that
 the decoder tolerates the imperfect latents a diffusion model produces. After training the

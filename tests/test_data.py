@@ -5,7 +5,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from distill.collect import CollectConfig, Explorer, collect, episode_name
+from distill.collect import (
+    DATASET,
+    CollectConfig,
+    Explorer,
+    Player,
+    collect,
+    episode_name,
+    parse_worlds,
+)
 from distill.data import ClipDataset
 from worldmodel.actions import Action
 from worldmodel.episode import Episode, EpisodeError, EpisodeWriter, find_episodes
@@ -63,6 +71,79 @@ def test_explorer_covers_the_action_space():
     fwd = acts[:, 0] > 0
     runs = np.diff(np.flatnonzero(np.diff(np.r_[0, fwd.astype(int), 0])))[::2]
     assert runs.max() >= 20
+
+
+def test_play_policy_meets_the_wall_thresholds_the_old_explorer_misses(tmp_path):
+    """The play-like player on fixed worlds, measured the way `wm collect` reports it:
+    <= 5% of frames colliding and <= 10% looking at a wall nearer than 0.8 cells."""
+    figures = {}
+    for policy in ("play", "explorer"):
+        out = tmp_path / policy
+        collect(CollectConfig(out=str(out), episodes=4, frames=300, size=32, workers=1,
+                              policy=policy, worlds=(6, 7, 8, 9)), progress=False)
+        figures[policy] = json.loads((out / DATASET).read_text())["figures"]
+    play, old = figures["play"], figures["explorer"]
+    assert play["frames"] == old["frames"] == 4 * 299
+    assert play["colliding"] <= 0.05 and play["near_wall"] <= 0.10, play
+    # the measure tells the two apart: the old explorer pushes into walls
+    assert old["colliding"] > 0.2 and old["near_wall"] > 0.3, old
+    assert {"walk", "idle", "turn", "strafe", "look"} <= set(play["behaviours"])
+    assert abs(sum(play["behaviours"].values()) - 1) < 1e-9
+
+
+def test_fixed_worlds_cycle_from_random_places_and_replay(tmp_path):
+    out = tmp_path / "fixed"
+    cfg = CollectConfig(out=str(out), episodes=4, frames=30, size=32, workers=1,
+                        worlds=(7, 9))
+    collect(cfg, progress=False)
+    eps = [Episode(p) for p in find_episodes(out)]
+    assert [e.meta["seed"] for e in eps] == [7, 9, 7, 9]
+    starts = [e.meta["start"] for e in eps]
+    assert starts[0] != starts[2], "two episodes of one world start in different places"
+    for ep in eps:  # frame 0 is the game at the recorded start, then the recorded actions
+        game = Game(ep.meta["seed"], 32)
+        assert np.array_equal(game.restore(ep.meta["start"]), ep.frames[0])
+        for t in range(1, len(ep)):
+            assert np.array_equal(game.step(Action.from_vector(ep.actions[t])), ep.frames[t])
+        f = ep.meta["figures"]
+        assert f["frames"] == 29 and sum(f["behaviours"].values()) == 29
+    # the same settings give the same bytes; another policy seed gives other episodes
+    again, other = tmp_path / "again", tmp_path / "other"
+    collect(CollectConfig(**{**vars(cfg), "out": str(again)}), progress=False)
+    collect(CollectConfig(**{**vars(cfg), "out": str(other), "policy_seed": 1}), progress=False)
+    for name in (episode_name(0), episode_name(3)):
+        a, b, c = ((d / name / "frames.u8").read_bytes() for d in (out, again, other))
+        assert a == b and a != c
+
+
+def test_play_policy_covers_the_action_space():
+    game, player = Game(7, 32), Player(7)
+    game.reset()
+    acts, behaviours = [], set()
+    for _ in range(3000):
+        a = player.act(game)
+        game.step(a)
+        acts.append(a.to_vector())
+        behaviours.add(player.behaviour)
+    acts = np.stack(acts)
+    assert behaviours == set(Player.BEHAVIOURS)
+    assert (acts[:, :6].mean(0) > 0.005).all(), "every key is held sometimes"
+    assert (~acts.any(1)).mean() > 0.02, "standing still happens"
+    assert acts[:, 6].min() < -0.5 and acts[:, 6].max() > 0.5
+    assert acts[:, 7].min() < -0.2 and acts[:, 7].max() > 0.2
+    fwd = acts[:, 0] > 0
+    runs = np.diff(np.flatnonzero(np.diff(np.r_[0, fwd.astype(int), 0])))[::2]
+    assert runs.max() >= 60, "long walks hold forward"
+
+
+def test_parse_worlds():
+    assert parse_worlds("7,8,9") == (7, 8, 9)
+    assert parse_worlds("6-9") == (6, 7, 8, 9)
+    assert parse_worlds("0-2, 10,1") == (0, 1, 2, 10)
+    assert parse_worlds("") is None and parse_worlds(None) is None
+    for bad in ("a", "3-1", "-2"):
+        with pytest.raises(ValueError, match="worlds"):
+            parse_worlds(bad)
 
 
 def test_loader_streams_clips_with_workers(dataset):

@@ -372,3 +372,17 @@ def test_game_window_records_an_episode(tmp_path, monkeypatch):
     assert np.array_equal(g.restore(ep.meta["start"]), ep.frames[0])
     for t in range(1, len(ep)):
         assert np.array_equal(g.step(Action.from_vector(ep.actions[t])), ep.frames[t])
+
+
+def test_wall_depths_facing_a_flat_wall():
+    """Half a cell in front of a flat wall face, every ray meets it at depth 0.5 (the depth
+    is measured along the view direction, so a flat wall square-on is the same everywhere)."""
+    g = game(0)
+    free = g.grid == 0
+    cy, cx = next((y, x) for y, x in np.argwhere(free)
+                  if not free[y, x + 1] and free[y - 1, x] and free[y + 1, x])
+    g.restore({"x": cx + 0.5, "y": cy + 0.5, "yaw_units": 0, "pitch_units": 0, "jump_t": 0})
+    assert np.allclose(g.wall_depths(16), 0.5)
+    # a quarter turn away (facing +y is heading pi/2) the wall is no longer straight ahead
+    g.restore({"x": cx + 0.5, "y": cy + 0.5, "yaw_units": 15000, "pitch_units": 0, "jump_t": 0})
+    assert np.median(g.wall_depths(16)) > 0.5

@@ -92,7 +92,7 @@ def test_forward_shapes_and_presets():
     x, t, a = make_inputs(model, B=2, F=3)
     for mode in ("bidirectional", "causal"):
         assert model(x, t, a, mode=mode).shape == x.shape
-    for name in ("tiny", "cpu", "gpu-128", "gpu-256"):
+    for name in ("tiny", "cpu", "cpu-16", "gpu-128", "gpu-256"):
         get_config(name)  # every named size builds
     with pytest.raises(ValueError, match="multiple of patch_size"):
         get_config("tiny", patch_size=3)

@@ -50,9 +50,11 @@ class _Extend(argparse.Action):
 def add_config_arguments(p: argparse.ArgumentParser, base: Any,
                          presets: dict[str, Any] | None = None,
                          choices: dict[str, list[str]] | None = None,
-                         helps: dict[str, str] | None = None) -> None:
+                         helps: dict[str, str] | None = None,
+                         parsers: dict[str, Any] | None = None) -> None:
     """One --flag per field of `base` (a dataclass instance). With `presets`, `base` is the
-    default preset and a --preset flag picks another."""
+    default preset and a --preset flag picks another. `parsers` gives a field a function of
+    its own that turns the flag's text into the value (e.g. ranges such as 7-9)."""
     if presets:
         default = next(name for name, value in presets.items() if value == base)
         p.add_argument("--preset", choices=sorted(presets), default=default,
@@ -66,7 +68,9 @@ def add_config_arguments(p: argparse.ArgumentParser, base: Any,
         shown = f"{'preset ' + default + ': ' if presets else 'default: '}{text}"
         help_ = f"{(helps or {})[f.name]} ({shown})" if f.name in (helps or {}) else shown
         default_value = argparse.SUPPRESS if presets else value
-        if kind is bool:
+        if f.name in (parsers or {}):
+            p.add_argument(flag, type=parsers[f.name], default=default_value, help=help_)
+        elif kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default_value,
                            help=help_)
         elif kind is tuple:  # the items given, over all repeats, replace the default's

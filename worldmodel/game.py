@@ -532,6 +532,17 @@ class Game:
     def has_sky(self) -> bool:
         return self._has_sky
 
+    def wall_depths(self, columns: int = 32) -> np.ndarray:
+        """Depth of the first wall along `columns` rays spread across the view [columns], in
+        cells along the view direction (what the screen shows; objects are not counted),
+        capped at fog_end + 1 where no wall is in sight."""
+        half = math.tan(math.radians(self.config.fov_deg) / 2)
+        camx = ((np.arange(columns) + 0.5) * 2 / columns - 1) * half
+        h = self.heading
+        rays = np.stack((math.cos(h) - math.sin(h) * camx, math.sin(h) + math.cos(h) * camx))
+        rays = np.copysign(np.maximum(np.abs(rays), 1e-9), rays)
+        return self._cast(self._x, self._y, rays)[0]
+
     def state(self) -> dict:
         """Everything that changes during play, as JSON-able values (see `restore`)."""
         return {
@@ -696,11 +707,15 @@ class Game:
             (cell_b & (MAP_PAD - 1)) << self._shift_b
         )
         m = np.take(self._wallflat, cell)  # [2, S, K] wall material + 1, or 0
-        first = self._row_start + (m > 0).argmax(axis=-1).ravel()  # [2S] first wall on each ray
+        n = rays.shape[1]
+        col, row_start = (
+            (self._arange, self._row_start) if n == self.size
+            else (np.arange(n), np.arange(2 * n) * len(k))
+        )
+        first = row_start + (m > 0).argmax(axis=-1).ravel()  # [2S] first wall on each ray
         m = m.ravel()[first].reshape(2, -1)
         t = np.where(m > 0, t.ravel()[first].reshape(2, -1), np.inf)  # [2, S]
         side = (t[1] < t[0]).astype(np.int32)  # 1: the wall is hit on a y face
-        col = self._arange
         depth = np.minimum(t[side, col], self.config.fog_end + 1)
         mat = np.maximum(m[side, col], 1)
         along = p[1 - side, 0] + depth * rays[1 - side, col]

@@ -543,6 +543,9 @@ PRESETS: dict[str, DiTConfig] = {
     # 64x64 frames through an 8x tokenizer, 2x2 patches: 16 tokens per frame, so that 4
     # denoising steps + a cache write + decoding fit a 2-core CPU in real time.
     "cpu": DiTConfig(latent_channels=8, latent_size=8, patch_size=2, dim=192, depth=6, heads=3),
+    # The same network on the 16x16 latents of a 4x tokenizer (`cpu-4x`): 4x4 patches keep
+    # 16 tokens per frame, so only the patch embedding and the output layer grow.
+    "cpu-16": DiTConfig(latent_channels=8, latent_size=16, patch_size=4, dim=192, depth=6, heads=3),
     # 128x128 and 256x256 frames on a GPU.
     "gpu-128": DiTConfig(
         latent_channels=8, latent_size=16, patch_size=2, dim=512, depth=12, heads=8, max_frames=32
