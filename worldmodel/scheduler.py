@@ -29,8 +29,10 @@ every attention call, so its shapes never depend on who is playing; rows do not 
 a session's frames depend only on its own inputs and on the group size. That number is the
 session's `sampling["batch_rows"]`: a replay on a world of that many rows regenerates the
 frames bit for bit on the same device (tests/test_scheduler.py checks it on CPU SDPA; on
-CUDA it rests on the kernels being chosen by shape alone, which cuBLAS and SDPA do for a
-fixed shape, but no GPU test has shown it). The unbatched `WorldSession` runs other shapes,
+CUDA it needs kernels chosen by shape alone and deterministic in the forward pass, which
+the test's GPU case checks but which has not run on a GPU yet: until it has, say "within
+tolerance" there). The per-row masks make "auto" attention resolve to SDPA on CUDA too
+(flash-attn takes no mask). The unbatched `WorldSession` runs other shapes,
 so its frames agree with a batched session's within float tolerance, not bit for bit.
 """
 
