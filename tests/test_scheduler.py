@@ -323,3 +323,33 @@ def test_batch_invariance_and_agreement_on_gpu(tmp_path):
     ref = [template.step(a) for a in script(6, 5)]
     assert all(np.abs(x.astype(int) - y).max() <= 1 for x, y in zip(ref, got))
     check_batch_invariance(ck, rows=4, ticks=8, device="cuda")
+
+
+def test_a_split_batch_joins_again(tiny):
+    """Two players whose first steps fell into different ticks (the second came late) are
+    carried together again from the next round on, even when a tick lasts longer than
+    max_wait_s: the wait for the others counts from the end of the last tick."""
+    with BatchedWorld.from_checkpoint(tiny, rows=2, max_wait_s=0.1, idle_s=5.0) as world:
+        slow = world._generate
+
+        def generate(batch):
+            time.sleep(0.25)
+            return slow(batch)
+
+        world._generate = generate
+        sessions = [world.session() for _ in range(2)]
+        ctx = context(sessions[0].size)
+        for s in sessions:
+            s.reset(ctx)
+
+        def play(s, delay):
+            time.sleep(delay)
+            for a in script(6, 0):
+                s.step(a)
+
+        threads = [threading.Thread(target=play, args=(s, d)) for s, d in zip(sessions, (0, 0.05))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert world.steps_done == 12 and world.ticks <= 8

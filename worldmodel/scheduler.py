@@ -17,7 +17,9 @@ them by default); a tick runs each group that has a step pending, so a few playe
 world pay for the groups they are in, not for every row.
 
 When a tick runs: as soon as every session that is playing has a step pending, or
-`max_wait_s` after the oldest pending step, whichever comes first. A session that got its
+`max_wait_s` after the oldest pending step or the end of the last tick, whichever is later
+(so that the players of that tick have time to ask again, rather than steps left over from
+it running alone and the batch splitting in two for good). A session that got its
 last frame more than `idle_s` ago and has not asked for the next (paused, or its player gone
 quiet) is not waited for, so it holds nobody back; a slow one costs the others at most
 `max_wait_s` a tick.
@@ -27,8 +29,10 @@ every attention call, so its shapes never depend on who is playing; rows do not 
 a session's frames depend only on its own inputs and on the group size. That number is the
 session's `sampling["batch_rows"]`: a replay on a world of that many rows regenerates the
 frames bit for bit on the same device (tests/test_scheduler.py checks it on CPU SDPA; on
-CUDA it rests on the kernels being chosen by shape alone, which cuBLAS and SDPA do for a
-fixed shape, but no GPU test has shown it). The unbatched `WorldSession` runs other shapes,
+CUDA it needs kernels chosen by shape alone and deterministic in the forward pass, which
+the test's GPU case checks but which has not run on a GPU yet: until it has, say "within
+tolerance" there). The per-row masks make "auto" attention resolve to SDPA on CUDA too
+(flash-attn takes no mask). The unbatched `WorldSession` runs other shapes,
 so its frames agree with a batched session's within float tolerance, not bit for bit.
 """
 
@@ -94,6 +98,7 @@ class BatchedWorld:
         self._closed = False
         # ticks run, their CPU time on the scheduler thread, steps they carried
         self.ticks, self.cpu_s, self.steps_done = 0, 0.0, 0
+        self._tick_end = 0.0
         self._thread = threading.Thread(target=self._run, name="wm-scheduler", daemon=True)
         self._thread.start()
 
@@ -187,7 +192,8 @@ class BatchedWorld:
                         req.future.set_exception(RuntimeError("the world is closed"))
                     self._pending.clear()
                     return
-                deadline = min(r.submitted for r in self._pending.values()) + self.max_wait_s
+                deadline = max(min(r.submitted for r in self._pending.values()),
+                               self._tick_end) + self.max_wait_s
                 while not self._closed and not self._everyone_in(time.perf_counter()):
                     left = deadline - time.perf_counter()
                     if left <= 0:
@@ -208,6 +214,7 @@ class BatchedWorld:
                 req.future.set_exception(e)
             return
         t2, cpu = time.perf_counter(), time.thread_time() - c0
+        self._tick_end = t2
         self.ticks += 1
         self.cpu_s += cpu
         self.steps_done += len(batch)
