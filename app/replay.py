@@ -27,6 +27,7 @@ from tqdm import tqdm
 from app.recording import load_context
 from worldmodel.actions import Action
 from worldmodel.episode import ACTIONS, Episode, EpisodeError
+from worldmodel.flags import add_config_arguments, config_from_args
 from worldmodel.video import export
 
 
@@ -133,25 +134,34 @@ def _session(ep: Episode, device: str | None, checkpoint: str | None):
     return session
 
 
+@dataclass
+class ReplayConfig:
+    export: Path | None = None  # write the frames to this .mp4 or .gif
+    device: str | None = None  # None: the device it was recorded on
+    checkpoint: str | None = None  # None: the one named in meta.json
+    check: bool = True  # regenerate and compare; off: export only
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recording", type=Path, help="a recording folder")
-    p.add_argument(
-        "--export", type=Path, metavar="OUT", help="write the frames to OUT.mp4 or OUT.gif"
-    )
-    p.add_argument("--device", default=None, help="default: the device it was recorded on")
-    p.add_argument("--checkpoint", default=None, help="default: the one named in meta.json")
-    p.add_argument("--no-check", action="store_true", help="export only; do not regenerate")
+    add_config_arguments(p, ReplayConfig(), helps={
+        "export": "write the frames to this .mp4 or .gif",
+        "device": "the device it was recorded on when not given",
+        "checkpoint": "the one named in meta.json when not given",
+        "check": "regenerate every frame and compare (--no-check: export only)",
+    })  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
+    cfg = config_from_args(ReplayConfig, args)
     try:
         ep = Episode(args.recording)
-        if args.export:
-            out = export(ep.frames, args.export, int(ep.meta["fps"]))
+        if cfg.export:
+            out = export(ep.frames, cfg.export, int(ep.meta["fps"]))
             print(f"wrote {out} ({len(ep)} frames)")
-        if args.no_check:
+        if not cfg.check:
             return 0
-        result = replay(args.recording, args.device, args.checkpoint)
+        result = replay(args.recording, cfg.device, cfg.checkpoint)
     except (EpisodeError, FileNotFoundError, ValueError) as e:
         print(f"wm replay: {e}", file=sys.stderr)
         return 2
