@@ -4,7 +4,7 @@
 
 Keys: WASD walk and strafe, arrows turn and look, mouse looks once the window is clicked
 (Esc lets the mouse go; Esc again quits), Space jumps, Shift sprints, N starts the next
-world, R starts or stops recording into --out. A recording is an episode (see
+world, R starts or stops recording into --recordings. A recording is an episode (see
 worldmodel.episode): its first frame is the one on screen when recording began, and its
 meta.json holds the game state at that frame, so `Game(seed, size).restore(meta["start"])`
 followed by its actions replays it exactly.
@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from worldmodel.actions import Action
 from worldmodel.episode import EpisodeWriter
+from worldmodel.flags import add_config_arguments, config_from_args
 from worldmodel.game import Game
 
 WINDOW = 512  # default window side in pixels
@@ -30,25 +32,25 @@ KEY_TURN = 0.6  # yaw / pitch per frame while an arrow key is held
 MOUSE_TURN = 0.02  # yaw / pitch per pixel of mouse motion
 
 
+@dataclass
+class GameWindowConfig:
+    seed: int = 0  # N moves to the next one
+    size: int = 64  # frame side in pixels
+    scale: int | None = None  # window pixels per frame pixel; None: about WINDOW px
+    recordings: Path = Path("recordings")
+    record: bool = False  # start recording at once
+    frames: int | None = None  # quit after this many frames, with no input (smoke tests)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="world seed (N moves to the next one)")
-    parser.add_argument("--size", type=int, default=64, help="frame side in pixels")
-    parser.add_argument(
-        "--scale",
-        type=int,
-        default=None,
-        help=f"window pixels per frame pixel (default: about {WINDOW} px)",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=Path("recordings"), help="folder for recordings"
-    )
-    parser.add_argument("--record", action="store_true", help="start recording at once")
-    parser.add_argument(
-        "--frames",
-        type=int,
-        default=None,
-        help="quit after this many frames, with no input (smoke tests)",
-    )
+    add_config_arguments(parser, GameWindowConfig(), helps={
+        "seed": "world seed (N moves to the next one)",
+        "size": "frame side in pixels",
+        "scale": f"window pixels per frame pixel; about {WINDOW} px when not given",
+        "recordings": "folder for recordings",
+        "record": "start recording at once",
+        "frames": "quit after this many frames, with no input (smoke tests)",
+    })  # fmt: skip
 
 
 class Recorder:
@@ -115,16 +117,17 @@ def main(args: argparse.Namespace) -> int:
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     import pygame
 
-    if args.frames is not None and args.frames < 0:
+    cfg = config_from_args(GameWindowConfig, args)
+    if cfg.frames is not None and cfg.frames < 0:
         raise SystemExit("--frames must be >= 0")
-    if args.scale is not None and args.scale < 1:
+    if cfg.scale is not None and cfg.scale < 1:
         raise SystemExit("--scale must be >= 1")
     try:
-        game = Game(args.seed, args.size)
+        game = Game(cfg.seed, cfg.size)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"wm game: {e}") from None
-    scale = args.scale or max(1, WINDOW // args.size)
-    side = args.size * scale
+    scale = cfg.scale or max(1, WINDOW // cfg.size)
+    side = cfg.size * scale
 
     pygame.display.init()  # not pygame.init(): no sound, so no audio device is needed
     pygame.font.init()
@@ -133,10 +136,10 @@ def main(args: argparse.Namespace) -> int:
         pygame.display.set_caption("wm game")
         font = pygame.font.Font(None, 20)
         clock = pygame.time.Clock()
-        recorder = Recorder(args.out)
+        recorder = Recorder(cfg.recordings)
         action = Action()
         frame = game.reset()
-        if args.record:
+        if cfg.record:
             print(f"recording to {recorder.start(game, frame, action)}")
         grabbed, running, count = False, True, 0
 
@@ -147,7 +150,7 @@ def main(args: argparse.Namespace) -> int:
             pygame.mouse.set_visible(not on)
             pygame.mouse.get_rel()  # drop the motion gathered before
 
-        while running and (args.frames is None or count < args.frames):
+        while running and (cfg.frames is None or count < cfg.frames):
             for event in pygame.event.get():
                 if event.type == pygame.QUIT:
                     running = False
@@ -167,14 +170,14 @@ def main(args: argparse.Namespace) -> int:
                     elif event.key == pygame.K_n:
                         was_recording = recorder.on
                         recorder.stop()
-                        game = Game(game.seed + 1, args.size)
+                        game = Game(game.seed + 1, cfg.size)
                         action, frame = Action(), game.reset()
                         if was_recording:  # one episode never spans two worlds
                             print(f"recording to {recorder.start(game, frame, action)}")
             if not running:
                 break
 
-            action = Action() if args.frames is not None else read_input(pygame, grabbed)
+            action = Action() if cfg.frames is not None else read_input(pygame, grabbed)
             frame = game.step(action)
             recorder.append(frame, action)
             count += 1

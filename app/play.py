@@ -52,6 +52,8 @@ class World(Protocol):
     def context_length(self) -> int: ...  # frames reset() uses
     @property
     def last_timings(self) -> dict[str, float]: ...  # of the last step: model/decode/total ms
+    @property
+    def threads(self) -> int | None: ...  # CPU threads its frames depend on (kept for replay)
 
     def reset(self, context_frames: np.ndarray, context_actions: Sequence[Action] | None = None,
               seed: int = 0) -> None: ...
@@ -67,6 +69,7 @@ class GameSession:
     name = "game"
     checkpoint_hash = ""
     context_length = 1
+    threads = None  # numpy, the same on any number of threads
 
     def __init__(self, size: int):
         self.size = size
@@ -323,6 +326,7 @@ class Play:
                 context_actions=actions,
                 checkpoint=self.checkpoint_meta,
                 device=self.cfg.device,
+                threads=self.world.threads,
                 card=self.world.card,
                 **common,
             )

@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -50,6 +51,7 @@ from app.config import ServeConfig
 from app.game_window import WINDOW
 from app.play import Play, Reply, World, load_world
 from worldmodel.actions import KEYS, Action, parse_script
+from worldmodel.flags import add_config_arguments, config_from_args
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 import pygame  # noqa: E402  (after the variable that silences its banner)
@@ -597,70 +599,73 @@ class Window:
 # ------------------------------------------------------------------ CLI
 
 
+@dataclass
+class PygameConfig:
+    """`wm pygame`; the flags' help (HELPS) says what each field means."""
+
+    url: str = DEFAULT_URL
+    token: str | None = None
+    seed: int | None = None
+    local: bool = False
+    checkpoint: str = "default"
+    device: str = "cpu"
+    recordings: Path = Path("recordings")
+    scale: int | None = None
+    record: bool = False
+    frames: int | None = None
+    script: str | None = None
+    screenshot: Path | None = None
+
+
+HELPS = {
+    "url": "the server's websocket URL",
+    "token": "access token of the server (wm play --token)",
+    "seed": "the first world's seed; random when not given",
+    "local": "run the model in this process",
+    "checkpoint": "with --local: checkpoint name or folder",
+    "device": "with --local",
+    "recordings": "with --local: folder for recordings",
+    "scale": f"window pixels per frame pixel; about {WINDOW} px when not given",
+    "record": "start recording at once",
+    "frames": "quit after showing this many frames, with scripted input (smoke tests)",
+    "script": "with --frames: input as 'forward+sprint:20,yaw=0.5:10,idle:5' (one action per "
+              "frame shown, the script repeated); no input when not given",
+    "screenshot": "save the window here on exit",
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=DEFAULT_URL, help="the server's websocket URL")
-    p.add_argument("--token", default=None, help="access token of the server (wm play --token)")
-    p.add_argument("--seed", type=int, default=None, help="the first world's seed (default random)")
-    p.add_argument("--local", action="store_true", help="run the model in this process")
-    p.add_argument(
-        "--checkpoint", default="default", help="with --local: checkpoint name or folder"
-    )
-    p.add_argument("--device", default="cpu", help="with --local")
-    p.add_argument(
-        "--recordings",
-        type=Path,
-        default=Path("recordings"),
-        help="with --local: folder for recordings",
-    )
-    p.add_argument(
-        "--scale",
-        type=int,
-        default=None,
-        help=f"window pixels per frame pixel (default: about {WINDOW} px)",
-    )
-    p.add_argument("--record", action="store_true", help="start recording at once")
-    p.add_argument(
-        "--frames",
-        type=int,
-        default=None,
-        help="quit after showing this many frames, with scripted input (smoke tests)",
-    )
-    p.add_argument(
-        "--script",
-        default=None,
-        help="with --frames: input as 'forward+sprint:20,yaw=0.5:10,idle:5' "
-        "(one action per frame shown, the script repeated); default no input",
-    )
-    p.add_argument("--screenshot", type=Path, default=None, help="save the window here on exit")
+    add_config_arguments(p, PygameConfig(), helps=HELPS)
 
 
-def open_link(args: argparse.Namespace) -> Link:
-    """The link args ask for. Raises FileNotFoundError for a missing --local checkpoint."""
-    if not args.local:
-        return RemoteLink(with_query(args.url, token=args.token, seed=args.seed))
-    cfg = ServeConfig(
-        checkpoint=args.checkpoint, device=args.device, recordings=args.recordings, max_sessions=1
+def open_link(cfg: PygameConfig) -> Link:
+    """The link cfg asks for. Raises FileNotFoundError for a missing --local checkpoint."""
+    if not cfg.local:
+        return RemoteLink(with_query(cfg.url, token=cfg.token, seed=cfg.seed))
+    serve = ServeConfig(
+        checkpoint=cfg.checkpoint, device=cfg.device, recordings=cfg.recordings, max_sessions=1
     )
-    _, world = load_world(cfg)
-    return LocalLink(world, cfg, seed=args.seed)
+    _, world = load_world(serve)
+    return LocalLink(world, serve, seed=cfg.seed)
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.frames is not None and args.frames < 0:
+    cfg = config_from_args(PygameConfig, args)
+    if cfg.frames is not None and cfg.frames < 0:
         raise SystemExit("wm pygame: --frames must be >= 0")
-    if args.scale is not None and args.scale < 1:
+    if cfg.scale is not None and cfg.scale < 1:
         raise SystemExit("wm pygame: --scale must be >= 1")
-    if args.seed is not None and not 0 <= args.seed <= protocol.MAX_SEED:
+    if cfg.seed is not None and not 0 <= cfg.seed <= protocol.MAX_SEED:
         raise SystemExit(f"wm pygame: --seed must be within 0..{protocol.MAX_SEED}")
     try:
-        script = parse_script(args.script) if args.script else None
+        script = parse_script(cfg.script) if cfg.script else None
     except ValueError as e:
         raise SystemExit(f"wm pygame: --script: {e}") from None
-    if args.frames is not None:
+    if cfg.frames is not None:
         script = script or [Action()]
     elif script is not None:
         raise SystemExit("wm pygame: --script plays only with --frames")
-    if args.local and args.device == "cpu":
+    if cfg.local and cfg.device == "cpu":
         import torch
 
         # the model's thread beside the window's: leave the window a core
@@ -672,11 +677,11 @@ def main(args: argparse.Namespace) -> int:
     try:
         pygame.display.set_caption("wm pygame")
         try:
-            link = open_link(args)
+            link = open_link(cfg)
         except FileNotFoundError as e:
             print(f"wm pygame: {e}", file=sys.stderr)
             return 1
-        win = Window(link, args.scale, script)
+        win = Window(link, cfg.scale, script)
         clock = pygame.time.Clock()
         asked_to_record, running, code = False, True, 0
         next_draw = 0.0
@@ -694,8 +699,8 @@ def main(args: argparse.Namespace) -> int:
                             running = False
                     elif event.key == pygame.K_RETURN and win.closed:
                         link.close()
-                        link = open_link(args)
-                        win = Window(link, args.scale, script)
+                        link = open_link(cfg)
+                        win = Window(link, cfg.scale, script)
                         asked_to_record = False
                     elif event.key in KEYMAP:
                         win.pressed.add(KEYMAP[event.key])
@@ -703,7 +708,7 @@ def main(args: argparse.Namespace) -> int:
                     else:
                         win.control(event.key)
             new = win.poll()
-            if args.record and not asked_to_record and win.hello is not None:
+            if cfg.record and not asked_to_record and win.hello is not None:
                 link.send("record", on=True)
                 asked_to_record = True
             win.pump(new)
@@ -711,16 +716,16 @@ def main(args: argparse.Namespace) -> int:
             if new or now >= next_draw:
                 win.draw()
                 next_draw = now + HUD_S
-            if args.frames is not None:
-                if win.shown >= args.frames:
+            if cfg.frames is not None:
+                if win.shown >= cfg.frames:
                     running = False
                 elif win.closed:
                     print(f"wm pygame: {win.closed}", file=sys.stderr)
                     running, code = False, 1
             clock.tick(UI_HZ)
-        if args.screenshot is not None:
-            args.screenshot.parent.mkdir(parents=True, exist_ok=True)
-            pygame.image.save(win.screen, str(args.screenshot))
+        if cfg.screenshot is not None:
+            cfg.screenshot.parent.mkdir(parents=True, exist_ok=True)
+            pygame.image.save(win.screen, str(cfg.screenshot))
         return code
     finally:
         if link is not None:

@@ -356,7 +356,7 @@ def test_game_window_records_an_episode(tmp_path, monkeypatch):
                 "--frames",
                 "6",
                 "--record",
-                "--out",
+                "--recordings",
                 str(tmp_path),
             ]
         )

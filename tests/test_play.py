@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from app import protocol, server, studio
+from app import game_window, protocol, pygame_client, replay, server, studio
 from app.config import ServeConfig
 from app.play import GameSession, Pacer, Play
 from worldmodel.actions import Action
@@ -95,3 +96,16 @@ def test_play_flags_build_the_serve_config():
     assert not cfg.record_video and cfg.token == "t"
     ui = studio.config_from_args(studio.StudioConfig, parse(studio.add_arguments, "--port", "1"))
     assert ui == studio.StudioConfig(port=1)
+
+
+def test_client_replay_and_game_flags_build_their_configs():
+    cfg = pygame_client.config_from_args(pygame_client.PygameConfig, parse(
+        pygame_client.add_arguments, "--local", "--seed", "4", "--frames", "3"))
+    assert cfg == pygame_client.PygameConfig(local=True, seed=4, frames=3)
+    args = parse(replay.add_arguments, "rec", "--no-check", "--export", "out.gif")
+    cfg = replay.config_from_args(replay.ReplayConfig, args)
+    assert cfg == replay.ReplayConfig(export=Path("out.gif"), check=False)
+    assert args.recording == Path("rec")
+    cfg = game_window.config_from_args(game_window.GameWindowConfig, parse(
+        game_window.add_arguments, "--size", "32", "--record"))
+    assert cfg == game_window.GameWindowConfig(size=32, record=True)

@@ -75,6 +75,13 @@ class WorldSession:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def threads(self) -> int | None:
+        """torch's CPU thread count now; None on an accelerator. On CPU the kernels split
+        their sums by thread count, so the rounding, and with it every frame, depends on it:
+        a recording keeps this number and a replay runs with it."""
+        return torch.get_num_threads() if self.device.type == "cpu" else None
+
     @classmethod
     def from_checkpoint(cls, path_or_name: str | Path = "default", device: str = "cpu") -> WorldSession:
         folder = resolve_checkpoint(path_or_name)
@@ -91,7 +98,9 @@ class WorldSession:
                    fps=meta.fps)
 
     def _check_frames(self, frames) -> np.ndarray:
-        arr = np.asarray(frames)
+        # one memory layout whatever the caller's: the encoder's arithmetic, and so every
+        # frame after it, would otherwise depend on the strides of the context frames
+        arr = np.ascontiguousarray(frames)
         if arr.ndim == 3:
             arr = arr[None]
         if arr.ndim != 4 or arr.shape[1:] != (self.size, self.size, 3) or arr.dtype != np.uint8:
@@ -149,7 +158,8 @@ class WorldSession:
             a = torch.from_numpy(np.stack([x.to_vector() for x in acts]))[None].to(self.device)
             z = self.sampler.step(a, self._generator)  # (1, chunk, C, h, w)
             t1 = time.perf_counter()
-            frames = tensor_to_frames(self.tokenizer.decode(z[0]).float().cpu()).numpy()
+            frames = np.ascontiguousarray(
+                tensor_to_frames(self.tokenizer.decode(z[0]).float().cpu()).numpy())
             self._queue = list(frames)
         else:
             t1 = t0

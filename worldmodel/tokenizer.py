@@ -117,18 +117,24 @@ class Tokenizer(nn.Module):
         return self.decoder(z_in), z
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., 3, S, S) in -1..1 -> normalised latents (..., C, S/f, S/f)."""
+        """x: (..., 3, S, S) in -1..1 -> normalised latents (..., C, S/f, S/f).
+
+        The result does not depend on the memory layout of x: convolutions pick their
+        kernels (and so their rounding) by layout, so the batch is put in one first, the
+        channels-last layout that `frames_to_tensor` gives contiguous uint8 frames."""
         lead = x.shape[:-3]
-        z = self.encoder(x.reshape(-1, *x.shape[-3:]))
+        x = x.reshape(-1, *x.shape[-3:]).contiguous(memory_format=torch.channels_last)
+        z = self.encoder(x)
         z = z.reshape(*lead, *z.shape[-3:])
         mean, std = self._stats(z)
         return (z - mean) / std
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """normalised latents (..., C, h, w) -> frames (..., 3, S, S), roughly -1..1."""
+        """normalised latents (..., C, h, w) -> frames (..., 3, S, S), roughly -1..1; like
+        encode, the same whatever the memory layout of z."""
         mean, std = self._stats(z)
         lead = z.shape[:-3]
-        z = (z * std + mean).reshape(-1, *z.shape[-3:])
+        z = (z * std + mean).reshape(-1, *z.shape[-3:]).contiguous()
         x = self.decoder(z)
         return x.reshape(*lead, *x.shape[-3:])
 
