@@ -1,8 +1,8 @@
 """One way to turn a config dataclass into command-line flags, for every `wm` command.
 
 Each field becomes `--field-name` with the dataclass's type (`int | None` takes an int;
-left out, it stays None); booleans take `--x/--no-x`; a tuple field takes a comma-separated list
-and may be repeated (`--horizons 1,4,16`, `--allow-origin A --allow-origin B`).
+left out, it stays None); booleans take `--x/--no-x`; a tuple field is a repeatable flag
+whose values may also come comma-separated (`--horizons 1,4,16` = `--horizons 1 --horizons 4 ...`).
 With named presets a `--preset` flag picks the starting values, and flags left out keep
 the preset's value (they are absent from the namespace rather than defaulted).
 
@@ -33,18 +33,12 @@ def _item_type(annotation: Any) -> Any:
     return args[0] if args else str
 
 
-def _comma_list(kind: type):
-    def parse(text: str) -> tuple:
-        return tuple(kind(x) for x in text.split(",") if x.strip())
+def _items(kind: Any):
+    """argparse type for one occurrence of a tuple flag: its comma-separated items."""
+    def parse(text: str) -> list:
+        return [kind(x) for x in text.split(",") if x.strip()]
     parse.__name__ = f"comma-separated {kind.__name__}"  # argparse names it in its errors
     return parse
-
-
-class _Extend(argparse.Action):
-    """Collects the items of every occurrence of a comma-list flag into one tuple."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, tuple(getattr(namespace, self.dest, ()) or ()) + values)
 
 
 def add_config_arguments(p: argparse.ArgumentParser, base: Any,
@@ -73,9 +67,9 @@ def add_config_arguments(p: argparse.ArgumentParser, base: Any,
         elif kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default_value,
                            help=help_)
-        elif kind is tuple:  # the items given, over all repeats, replace the default's
-            p.add_argument(flag, action=_Extend, type=_comma_list(_item_type(hints[f.name])),
-                           default=argparse.SUPPRESS, help=help_ + " (comma list, repeatable)")
+        elif kind is tuple:  # repeatable; the items given replace the default's
+            p.add_argument(flag, action="extend", type=_items(_item_type(hints[f.name])),
+                           default=argparse.SUPPRESS, help=help_ + " (repeatable)")
         else:
             p.add_argument(flag, type=kind, default=default_value,
                            choices=(choices or {}).get(f.name), help=help_)
