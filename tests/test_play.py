@@ -95,3 +95,15 @@ def test_play_flags_build_the_serve_config():
     assert not cfg.record_video and cfg.token == "t"
     ui = studio.config_from_args(studio.StudioConfig, parse(studio.add_arguments, "--port", "1"))
     assert ui == studio.StudioConfig(port=1)
+
+
+def test_a_checkpoint_declares_the_worlds_it_was_trained_on(tmp_path):
+    import json
+
+    from worldmodel.session import WorldSession, make_random_checkpoint
+
+    folder = make_random_checkpoint(tmp_path / "tiny")
+    assert WorldSession.from_checkpoint(folder).worlds is None  # any procedural world
+    meta = json.loads((folder / "student.json").read_text())
+    (folder / "student.json").write_text(json.dumps(meta | {"worlds": [5, 11]}))
+    assert WorldSession.from_checkpoint(folder).worlds == [5, 11]
