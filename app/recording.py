@@ -2,7 +2,8 @@
 
     recordings/20250101-120000-001/     name made by the server, never by a client
         meta.json       episode meta + checkpoint name/hash, seed, context, settings, timings
-        actions.jsonl   line i: the action that led into frame i, and "ms" to generate it
+        actions.jsonl   line i: the action that led into frame i, "ms" to generate it and
+                        "t", when it was shown (seconds from the recording's first frame)
         frames.u8       raw uint8 frames, appended and flushed every frame
         context.u8      dream recordings: the frames the model was reset with (actions in meta)
         video.mp4       H.264, scaled up with nearest-neighbour; finalised on close
@@ -17,6 +18,7 @@ recording began, with the game's state there in meta["start"] (`Game.state()`).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import time
@@ -93,6 +95,7 @@ class Recording:
                 "actions": [a.to_dict() for a in actions],
             }
         self._started = time.time()
+        self._clock0: float | None = None  # time.monotonic() of the first frame
         self._ms: list[float] = []
         self.episode = EpisodeWriter(
             self.path,
@@ -112,12 +115,18 @@ class Recording:
         return self.episode.count
 
     def append(self, frame: np.ndarray, action: Action, ms: float | None = None) -> None:
-        extra = {} if ms is None else {"ms": round(float(ms), 2)}
+        """Frame and the action that led into it, stamped with the time it is shown, so
+        that the video plays at the rate the session ran at, not at the nominal fps."""
+        now = time.monotonic()
+        if self._clock0 is None:
+            self._clock0 = now
+        t = round(now - self._clock0, 4)
+        extra = {"t": t} if ms is None else {"ms": round(float(ms), 2), "t": t}
         self.episode.append(frame, action, **extra)
         if ms is not None:
             self._ms.append(float(ms))
         if self.video is not None:
-            self.video.write(frame)
+            self.video.write(frame, t)
 
     def close(self) -> None:
         """Finalise the video and meta.json; safe to call twice."""
@@ -160,6 +169,30 @@ def load_context(path: str | Path, meta: dict[str, Any]) -> tuple[np.ndarray, li
     return frames, [Action.from_dict(a) for a in ctx["actions"]]
 
 
+def frame_times(path: str | Path, n: int) -> list[float] | None:
+    """When each of the first n frames was shown (seconds from the first), or None for a
+    recording made before frames carried their time."""
+    times = []
+    with open(Path(path) / "actions.jsonl") as f:
+        for line in f:
+            if len(times) == n or not line.endswith("\n"):
+                break
+            t = json.loads(line).get("t")
+            if t is None:
+                return None
+            times.append(float(t))
+    return times if len(times) == n else None
+
+
+def duration(times: list[float] | None, frames: int, fps: float) -> float:
+    """How long a recording plays: its frames' times plus the last frame's own period."""
+    if not frames:
+        return 0.0
+    if times is None or len(times) < 2:
+        return frames / fps
+    return times[-1] + (times[-1] - times[0]) / (len(times) - 1)
+
+
 def list_recordings(root: str | Path) -> list[dict[str, Any]]:
     """Summaries of the recordings under root, newest first."""
     root = Path(root)
@@ -180,6 +213,7 @@ def list_recordings(root: str | Path) -> list[dict[str, Any]]:
                 "source": ep.meta.get("source"),
                 "frames": len(ep),
                 "fps": ep.meta.get("fps"),
+                "duration_s": round(duration(frame_times(path, len(ep)), len(ep), ep.meta["fps"]), 2),
                 "size": ep.size,
                 "started": ep.meta.get("started"),
                 "complete": complete,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from app.recording import load_context
+from app.recording import frame_times, load_context
 from worldmodel.actions import Action
 from worldmodel.episode import ACTIONS, Episode, EpisodeError
 from worldmodel.video import export
@@ -114,7 +114,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         ep = Episode(args.recording)
         if args.export:
-            out = export(ep.frames, args.export, int(ep.meta["fps"]))
+            times = frame_times(args.recording, len(ep))
+            out = export(ep.frames, args.export, int(ep.meta["fps"]), times)
             print(f"wrote {out} ({len(ep)} frames)")
         if args.no_check:
             return 0

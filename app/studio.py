@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from app.config import LOCAL_HOSTS
-from app.recording import VIDEO, list_recordings, recording_dir
+from app.recording import VIDEO, frame_times, list_recordings, recording_dir
 from app.replay import replay
 from worldmodel.actions import NOOP, Action, parse_script
 from worldmodel.episode import Episode, EpisodeError
@@ -94,7 +94,8 @@ def recording_view(root: str | Path, name: str, scratch: str | Path) -> tuple[st
     if len(ep) == 0:
         return None, ep.meta
     out = Path(tempfile.mkdtemp(dir=scratch)) / f"{name}.mp4"
-    return str(export(ep.frames, out, int(ep.meta["fps"]))), ep.meta
+    times = frame_times(path, len(ep))
+    return str(export(ep.frames, out, int(ep.meta["fps"]), times)), ep.meta
 
 
 def verify_recording(root: str | Path, name: str, fallback: str | None = None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The package metadata a newcomer's `make play` builds."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 

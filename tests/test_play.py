@@ -107,3 +107,34 @@ def test_a_checkpoint_declares_the_worlds_it_was_trained_on(tmp_path):
     meta = json.loads((folder / "student.json").read_text())
     (folder / "student.json").write_text(json.dumps(meta | {"worlds": [5, 11]}))
     assert WorldSession.from_checkpoint(folder).worlds == [5, 11]
+
+
+def video_times(path) -> list[float]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [float(f.time) for f in container.decode(video=0)]
+
+
+def test_a_recording_plays_in_real_time_at_the_rate_it_was_made(tmp_path):
+    """Frames made at 10 per second by a 20 fps world (and two closer than 1 / 20 s): the
+    video and the listing keep their times."""
+    from app.recording import Recording, list_recordings
+    from app.replay import add_arguments, main
+    from worldmodel.video import read_video
+
+    rec = Recording(tmp_path, size=16, fps=20, source="game", seed=0)
+    for i in range(7):
+        rec.append(np.full((16, 16, 3), 30 * i, np.uint8), Action(), ms=1.0)
+        time.sleep(0.01 if i == 0 else 0.1)
+    rec.close()
+    times = video_times(rec.path / "video.mp4")
+    assert len(times) == 7 and times[0] == 0.0 and 0.005 < times[1] < 0.04
+    assert 0.5 <= times[-1] < 0.6  # at 20 fps it would be 0.3
+    (listed,) = list_recordings(tmp_path)
+    assert 0.55 <= listed["duration_s"] < 0.72  # not 7 / 20 = 0.35
+    # the export plays as the recording did
+    out = tmp_path / "export.mp4"
+    assert main(parse(add_arguments, str(rec.path), "--export", str(out), "--no-check")) == 0
+    assert video_times(out) == pytest.approx(times, abs=0.002)
+    assert len(read_video(out)) == 7

@@ -393,7 +393,7 @@
       } else {
         item.append(document.createTextNode(rec.name));
       }
-      const seconds = rec.fps ? (rec.frames / rec.fps).toFixed(1) : "?";
+      const seconds = rec.duration_s.toFixed(1);
       const status = rec.complete ? "" : " · in progress";
       item.append(li(`${rec.source} · ${rec.frames} frames · ${seconds} s${status}`, "meta", "div"));
       return item;
