@@ -291,6 +291,8 @@ class LocalLink(Link):
                     msg = self._controls.get(timeout=wait)
                 except queue.Empty:
                     self._emit(play.tick())
+                    for notice in play.notices():
+                        self._put_message(notice)
                     play.pacer.ticked()
                     continue
                 if msg is self._CLOSE:

@@ -6,6 +6,8 @@
                         "t", when it was shown (seconds from the recording's first frame)
         frames.u8       raw uint8 frames, appended and flushed every frame
         context.u8      dream recordings: the frames the model was reset with (actions in meta)
+        resync.u8       dream recordings: the real game's frames each resync restarted it from
+                        (actions.jsonl's line for the next frame says where and with what)
         video.mp4       H.264, scaled up with nearest-neighbour; finalised on close
 
 Frames and actions are flushed every frame, so a disconnect or a crash loses at most the
@@ -32,6 +34,7 @@ from worldmodel.episode import Episode, EpisodeError, EpisodeWriter, is_episode
 from worldmodel.video import VideoWriter
 
 CONTEXT = "context.u8"
+RESYNC = "resync.u8"
 VIDEO = "video.mp4"
 NAME_RE = re.compile(r"\d{8}-\d{6}-\d{3,6}")
 _counter = itertools.count(1)
@@ -97,6 +100,9 @@ class Recording:
         self._started = time.time()
         self._clock0: float | None = None  # time.monotonic() of the first frame
         self._ms: list[float] = []
+        self._resync: dict[str, Any] | None = None  # noted on the next frame's line
+        self._resync_frames = 0  # frames in resync.u8
+        self.resyncs = 0
         self.episode = EpisodeWriter(
             self.path,
             size,
@@ -121,12 +127,28 @@ class Recording:
         if self._clock0 is None:
             self._clock0 = now
         t = round(now - self._clock0, 4)
-        extra = {"t": t} if ms is None else {"ms": round(float(ms), 2), "t": t}
+        extra: dict[str, Any] = {"t": t} if ms is None else {"ms": round(float(ms), 2), "t": t}
+        if self._resync is not None:
+            extra["resync"], self._resync = self._resync, None
         self.episode.append(frame, action, **extra)
         if ms is not None:
             self._ms.append(float(ms))
         if self.video is not None:
             self.video.write(frame, t)
+
+    def resync(self, frames: np.ndarray, actions: list[Action], seed: int) -> None:
+        """The model was reset with `frames` and `actions` (and the generator with seed)
+        before the next frame: the frames go to resync.u8, flushed, and the next frame's
+        line in actions.jsonl says so, so that replay resets there too."""
+        frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        with open(self.path / RESYNC, "ab") as f:
+            f.write(frames.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        self._resync = {"offset": self._resync_frames, "frames": len(frames),
+                        "actions": [a.to_dict() for a in actions], "seed": int(seed)}
+        self._resync_frames += len(frames)
+        self.resyncs += 1
 
     def close(self) -> None:
         """Finalise the video and meta.json; safe to call twice."""
@@ -147,6 +169,7 @@ class Recording:
                 ended=_iso(time.time()),
                 duration_s=round(time.time() - self._started, 3),
                 timings=timings,
+                resyncs=self.resyncs,
             )
 
 
@@ -167,6 +190,31 @@ def load_context(path: str | Path, meta: dict[str, Any]) -> tuple[np.ndarray, li
             f"{path}: {CONTEXT} holds {len(frames)} frames, meta says {ctx['frames']}"
         )
     return frames, [Action.from_dict(a) for a in ctx["actions"]]
+
+
+def load_resyncs(path: str | Path, meta: dict[str, Any]
+                 ) -> dict[int, tuple[np.ndarray, list[Action], int]]:
+    """frame index -> (frames, actions, seed) the model was reset with just before that
+    frame was made (the resyncs of a dream recording)."""
+    out = {}
+    raw = None
+    with open(Path(path) / "actions.jsonl") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            entry = json.loads(line)
+            note = entry.get("resync")
+            if note is None:
+                continue
+            if raw is None:
+                size = int(meta["size"])
+                raw = np.fromfile(Path(path) / RESYNC, dtype=np.uint8).reshape(-1, size, size, 3)
+            frames = raw[note["offset"]:note["offset"] + note["frames"]]
+            if len(frames) != note["frames"]:
+                raise EpisodeError(f"{path}: {RESYNC} ends before the resync of frame {entry['frame']}")
+            out[int(entry["frame"])] = (frames, [Action.from_dict(a) for a in note["actions"]],
+                                        int(note["seed"]))
+    return out
 
 
 def frame_times(path: str | Path, n: int) -> list[float] | None:

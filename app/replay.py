@@ -6,8 +6,10 @@
 
 A dream recording is regenerated with `WorldSession` from its checkpoint (the hash must
 match), its context (context.u8 + meta["context"]["actions"]), its seed and its actions; a
-recording of the real game (source "game") with `Game` from its seed and start state. Exact equality is
-expected on the device it was recorded on.
+recording of the real game (source "game") with `Game` from its seed and start state. A
+resync in the recording (the player restarted the dream from the real game's frames) is
+redone before the frame it preceded. Exact equality is expected on the device it was
+recorded on.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from app.recording import frame_times, load_context
+from app.recording import frame_times, load_context, load_resyncs
 from worldmodel.actions import Action
 from worldmodel.episode import ACTIONS, Episode, EpisodeError
 from worldmodel.video import export
@@ -84,8 +86,12 @@ def replay(
             )
         context, context_actions = load_context(path, meta)
         session.reset(context, context_actions, seed=int(meta["seed"]))
+        resyncs = load_resyncs(path, meta)  # where the player restarted the dream from the game
 
         def generate(i: int, action: Action) -> np.ndarray:
+            if i in resyncs:
+                frames, acts, seed = resyncs[i]
+                session.reset(frames, acts, seed=seed)
             return session.step(action)
 
     matching, max_diff, first = 0, 0, None
