@@ -65,6 +65,7 @@ TOAST_S = 3.5
 BAR = 28  # top bar: model and REC
 FOOT = 22  # bottom bar: the keys
 GAP = 12  # between the dream and the real game
+DISPLAY_MARGIN = 64  # px of the display's height the window leaves to its title and a task bar
 OPEN_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 30.0  # a local link finishes its step and finalises the recording's video
 
@@ -311,6 +312,16 @@ class LocalLink(Link):
 # ------------------------------------------------------------------ the window
 
 
+def fit_scale(size: int, views: int, scale: int, display: tuple[int, int]) -> int:
+    """The largest integer scale up to `scale` at which `views` frames side by side, with
+    the bars, fit on the display (leaving room for the window's title and a task bar)."""
+    width, height = display
+    while scale > 1 and (views * size * scale + (views - 1) * GAP > width
+                         or BAR + size * scale + FOOT + DISPLAY_MARGIN > height):
+        scale -= 1
+    return scale
+
+
 def _surface(frame: np.ndarray) -> pygame.Surface:
     return pygame.surfarray.make_surface(np.ascontiguousarray(frame.swapaxes(0, 1)))
 
@@ -416,9 +427,10 @@ class Window:
 
     def _resize(self) -> None:
         size = self.hello["size"] if self.hello else WINDOW
-        scale = self.scale_arg or max(1, WINDOW // size)
-        self.side = size * scale
         n = 2 if self.state.get("side_by_side") else 1
+        scale = fit_scale(size, n, self.scale_arg or max(1, WINDOW // size),
+                          pygame.display.get_desktop_sizes()[0])
+        self.side = size * scale
         self.screen = pygame.display.set_mode(
             (n * self.side + (n - 1) * GAP, BAR + self.side + FOOT)
         )
