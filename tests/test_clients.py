@@ -198,7 +198,7 @@ def test_studio_model_card(checkpoint, tmp_path):
     folder = shutil.copytree(checkpoint, tmp_path / "model")
     card = studio.model_card(folder)
     assert "student" in card.markdown and card.details["model"]["dim"] > 0
-    assert card.metrics is None
+    assert "wm eval" in card.metrics["note"]  # where the measurements would come from
     (folder / "card.md").write_text("# Tiny world\n\nRandom weights, for tests.\n")
     (folder / "card.json").write_text(json.dumps({"name": "tiny", "fps": 20}))
     (folder / "eval.json").write_text(json.dumps({"psnr_1": 12.5}))
@@ -207,6 +207,9 @@ def test_studio_model_card(checkpoint, tmp_path):
     assert card.metrics == {"psnr_1": 12.5}
     with pytest.raises(FileNotFoundError):
         studio.model_card(tmp_path / "nothing")
+    # the shipped default has no eval.json: its card's measurements are shown
+    shipped = studio.model_card("default")
+    assert shipped.metrics["eval"]["psnr"]["student"] and "wm eval" in shipped.metrics["eval_command"]
 
 
 def test_pygame_side_by_side_fits_the_display():
