@@ -36,8 +36,9 @@ from worldmodel.actions import NOOP, Action
 from worldmodel.game import Game
 
 log = logging.getLogger("wm.play")
-SLOW_WINDOW_S = 1.0  # the slow notice judges the steps of about the last second
-SLOW_RECOVERED = 0.9  # and is withdrawn once steps take under this share of the period
+SLOW_WINDOW_S = 1.0  # the slow notice judges the frame rate of the last second
+SLOW_SHARE = 0.9  # it is given below this share of the target rate
+SLOW_RECOVERED = 0.95  # and withdrawn at this share or above
 
 
 class World(Protocol):
@@ -182,7 +183,8 @@ class Play:
         self.history: deque[tuple[np.ndarray, Action]] = deque(maxlen=world.context_length)
         self.game_history: deque[tuple[np.ndarray, Action]] = deque(maxlen=world.context_length)
         self.last_game_frame: np.ndarray | None = None
-        self._tick_s: deque[float] = deque(maxlen=max(2, round(self.fps * SLOW_WINDOW_S)))
+        self._ticks: deque[float] = deque()  # time.monotonic() when each recent step ended
+        self._judge_after = 0.0  # time.monotonic() from which a full window has been seen
         self.slow = False  # steps take longer than the frame period: below the target rate
         self._slow_logged = False
         self._notices: list[dict[str, Any]] = []
@@ -240,7 +242,7 @@ class Play:
             self.paused = msg.on
             self._clear_inputs()
             self.pacer.restart()
-            self._tick_s.clear()  # the pause is not a slow step
+            self._clear_ticks()  # the pause is not a slow step
         elif isinstance(msg, protocol.SideBySide):
             if msg.on and not self.dream:
                 return Reply(messages=[{"type": "error", "code": "unsupported",
@@ -281,7 +283,7 @@ class Play:
         for history in (self.history, self.game_history):
             history.clear()
             history.extend(zip(frames, actions, strict=True))
-        self._tick_s.clear()
+        self._clear_ticks()
         self.frame = 0
         return frames[-1]
 
@@ -299,7 +301,6 @@ class Play:
     def tick(self) -> list[Any]:
         """One step with the input gathered since the last: the frame, and the real game's
         beside it in side-by-side mode."""
-        t0 = time.perf_counter()
         with self._inputs_lock:
             action, seq = self.inputs.take()
         frame = self.world.step(action)
@@ -317,21 +318,28 @@ class Play:
             if self.side_by_side:
                 out.append(self._encode(self.last_game_frame, seq=seq, ms=game_ms,
                                         stream=protocol.STREAM_GAME))
-        self._judge_pace(time.perf_counter() - t0)
+        self._judge_pace()
         return out
 
-    def _judge_pace(self, seconds: float) -> None:
-        """Say when steps (model, decode, encode, game) take longer than the frame period,
-        so that the session runs below its target rate, and when that is over."""
-        self._tick_s.append(seconds)
-        if len(self._tick_s) < self._tick_s.maxlen:
+    def _clear_ticks(self) -> None:
+        self._ticks.clear()
+        self._judge_after = time.monotonic() + SLOW_WINDOW_S
+
+    def _judge_pace(self) -> None:
+        """Say when the session makes frames below its target rate (the model, decoding,
+        encoding, the game beside it, or a machine too busy to run them), and when that
+        is over. Judged on the frames of the last second played, pauses left out."""
+        now = time.monotonic()
+        self._ticks.append(now)
+        while len(self._ticks) > 2 and now - self._ticks[0] > SLOW_WINDOW_S:
+            self._ticks.popleft()
+        if now < self._judge_after or len(self._ticks) < 2:
             return
-        step = float(np.mean(self._tick_s))
-        period = self.pacer.period
-        if self.slow == (step > period * (SLOW_RECOVERED if self.slow else 1.0)):
+        rate = (len(self._ticks) - 1) / (now - self._ticks[0])
+        if self.slow == (rate < self.fps * (SLOW_RECOVERED if self.slow else SLOW_SHARE)):
             return
         self.slow = not self.slow
-        fps = round(1.0 / step, 1)
+        fps = round(rate, 1)
         self._notices.append({"type": "slow", "on": self.slow, "fps": fps,
                               "target_fps": self.fps})
         if self.slow and not self._slow_logged:
@@ -350,7 +358,7 @@ class Play:
         self.history.extend(self.game_history)
         if self.recording is not None:
             self.recording.resync(frames, actions, self.seed)
-        self._tick_s.clear()
+        self._clear_ticks()
         return [self._encode(frames[-1]), *self.game_frame()]
 
     def game_frame(self) -> list[Any]:

@@ -445,6 +445,7 @@
     }
     if (controls[e.code]) {
       e.preventDefault();
+      if (overlayKind === "start") overlay(null);
       if (!e.repeat) controls[e.code]();
     }
   });
