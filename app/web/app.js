@@ -279,7 +279,8 @@
       case "slow":
         stats.slow = msg.on ? { fps: msg.fps, target: msg.target_fps } : null;
         $("slow").hidden = !msg.on;
-        $("slow").textContent = `SLOW · the model makes ${msg.fps.toFixed(1)} frames/s, ` +
+        $("slow").textContent = `SLOW · the ${hello && hello.mode === "game" ? "game" : "model"} ` +
+          `makes ${msg.fps.toFixed(1)} frames/s, ` +
           `below its ${msg.target_fps} frames/s: the world plays slower than real time`;
         break;
       case "pong":
