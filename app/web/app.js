@@ -371,7 +371,7 @@
     $("picker-text").textContent = worlds
       ? `This model was trained on ${worlds.length} world${worlds.length === 1 ? "" : "s"}; ` +
         "any other seed is a world it has never seen."
-      : "This model was trained on endless procedural worlds: every seed is a new one.";
+      : "This model declares no fixed worlds: any seed starts a procedural world.";
     $("picker-worlds").replaceChildren(...(worlds || []).map((seed) => {
       const b = document.createElement("button");
       b.type = "button";
