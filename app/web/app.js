@@ -209,6 +209,7 @@
     $("btn-resync").hidden = !s.side_by_side;
     $("rec").hidden = !s.recording;
     $("paused").hidden = !s.paused;
+    $("slow").hidden = !stats.slow || s.paused; // a paused world is not slow
     $("view-game").hidden = !s.side_by_side;
     $("btn-record").classList.toggle("on", !!s.recording);
     $("btn-pause").classList.toggle("on", s.paused);
@@ -278,7 +279,7 @@
         break;
       case "slow":
         stats.slow = msg.on ? { fps: msg.fps, target: msg.target_fps } : null;
-        $("slow").hidden = !msg.on;
+        $("slow").hidden = !stats.slow || server.paused;
         $("slow").textContent = `SLOW · the ${hello && hello.mode === "game" ? "game" : "model"} ` +
           `makes ${msg.fps.toFixed(1)} frames/s, ` +
           `below its ${msg.target_fps} frames/s: the world plays slower than real time`;
