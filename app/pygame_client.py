@@ -416,6 +416,8 @@ class Window:
         elif kind == "pong":
             if isinstance(msg.get("t"), (int, float)):
                 self.rtt_ms = time.perf_counter() * 1000 - msg["t"]
+        elif kind == "slow" and msg.get("on"):
+            self.say(f"slow: {msg['fps']:.1f} frames/s, below the target {msg['target_fps']:g}")
         elif kind == "busy":
             self.busy = msg.get("error", "server busy")
         elif kind == "error":
