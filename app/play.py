@@ -5,7 +5,8 @@
     frames = play.start()                       # the first frame(s)
     play.add_input(msg)                         # protocol.Input, from any thread
     frames = play.tick()                        # one step, with the input gathered since the last
-    reply = play.control(msg)                   # Reset / Record / Pause / SideBySide
+    reply = play.control(msg)                   # Reset / Record / Pause / SideBySide / Resync
+    notices = play.notices()                    # messages ticks produced (the slow notice)
     saved = play.close()
 
 The session holds the input state, the world and the real game beside it, the recording,
@@ -16,6 +17,7 @@ recording need no lock. Messages come back as dicts with a "type" (docs/protocol
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -32,6 +34,11 @@ from app.config import ServeConfig
 from app.recording import Recording
 from worldmodel.actions import NOOP, Action
 from worldmodel.game import Game
+
+log = logging.getLogger("wm.play")
+SLOW_WINDOW_S = 1.0  # the slow notice judges the frame rate of the last second
+SLOW_SHARE = 0.9  # it is given below this share of the target rate
+SLOW_RECOVERED = 0.95  # and withdrawn at this share or above
 
 
 class World(Protocol):
@@ -50,6 +57,8 @@ class World(Protocol):
     def fps(self) -> float: ...  # the frame rate the world was made for
     @property
     def context_length(self) -> int: ...  # frames reset() uses
+    @property
+    def worlds(self) -> list[int] | None: ...  # game seeds it knows; None: any
     @property
     def last_timings(self) -> dict[str, float]: ...  # of the last step: model/decode/total ms
     @property
@@ -70,6 +79,7 @@ class GameSession:
     checkpoint_hash = ""
     context_length = 1
     threads = None  # numpy, the same on any number of threads
+    worlds = None
 
     def __init__(self, size: int):
         self.size = size
@@ -171,8 +181,16 @@ class Play:
         self.recording: Recording | None = None
         self.seed = seed if seed is not None else random.randrange(protocol.MAX_SEED)
         self.frame = 0  # frames since the world began (recording does not restart the count)
+        # the last context_length frames and the actions that led into them, on screen and
+        # in the real game beside it: what a recording or a resync restarts the dream from
         self.history: deque[tuple[np.ndarray, Action]] = deque(maxlen=world.context_length)
+        self.game_history: deque[tuple[np.ndarray, Action]] = deque(maxlen=world.context_length)
         self.last_game_frame: np.ndarray | None = None
+        self._ticks: deque[float] = deque()  # time.monotonic() when each recent step ended
+        self._judge_after = 0.0  # time.monotonic() from which a full window has been seen
+        self.slow = False  # steps take longer than the frame period: below the target rate
+        self._slow_logged = False
+        self._notices: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------ messages
 
@@ -182,6 +200,7 @@ class Play:
                 "mode": "dream" if self.dream else "game", "model": world.name,
                 "checkpoint_hash": world.checkpoint_hash, "size": world.size, "fps": self.fps,
                 "context_length": world.context_length, "side_by_side": self.dream,
+                "worlds": world.worlds,
                 **extra, "keys": list(protocol.INPUT_KEYS)}
 
     def state(self) -> dict[str, Any]:
@@ -203,9 +222,14 @@ class Play:
         with self._inputs_lock:
             self.inputs.clear()
 
+    def notices(self) -> list[dict[str, Any]]:
+        """Messages the ticks since the last call produced (`slow`), to send in order."""
+        out, self._notices = self._notices, []
+        return out
+
     def control(self, msg: protocol.Message) -> Reply:
-        """Reset, Record, Pause or SideBySide; answered with a state message (and `saved`
-        when a recording ends)."""
+        """Reset, Record, Pause, SideBySide or Resync; answered with a state message (and
+        `saved` when a recording ends)."""
         reply = Reply()
         if isinstance(msg, protocol.Reset):
             seed = msg.seed if msg.seed is not None else random.randrange(protocol.MAX_SEED)
@@ -221,6 +245,7 @@ class Play:
             self.paused = msg.on
             self._clear_inputs()
             self.pacer.restart()
+            self._clear_ticks()  # the pause is not a slow step
         elif isinstance(msg, protocol.SideBySide):
             if msg.on and not self.dream:
                 return Reply(messages=[{"type": "error", "code": "unsupported",
@@ -228,6 +253,11 @@ class Play:
             if msg.on and not self.side_by_side:
                 reply.frames = self.game_frame()
             self.side_by_side = msg.on
+        elif isinstance(msg, protocol.Resync):
+            if not self.side_by_side:
+                return Reply(messages=[{"type": "error", "code": "unsupported",
+                                        "error": "resync needs side-by-side mode (G)"}])
+            reply.frames = self.resync()
         else:
             raise TypeError(f"not a control message: {type(msg).__name__}")
         reply.messages.append(self.state())
@@ -253,8 +283,10 @@ class Play:
         self.world.reset(np.stack(frames), actions, seed=seed)
         self.game = game if self.dream else None
         self.last_game_frame = frames[-1] if self.dream else None
-        self.history.clear()
-        self.history.extend(zip(frames, actions, strict=True))
+        for history in (self.history, self.game_history):
+            history.clear()
+            history.extend(zip(frames, actions, strict=True))
+        self._clear_ticks()
         self.frame = 0
         return frames[-1]
 
@@ -284,11 +316,53 @@ class Play:
         if self.game is not None:
             t0 = time.perf_counter()
             self.last_game_frame = self.game.step(action)
+            self.game_history.append((self.last_game_frame, action))
             game_ms = (time.perf_counter() - t0) * 1000
             if self.side_by_side:
                 out.append(self._encode(self.last_game_frame, seq=seq, ms=game_ms,
                                         stream=protocol.STREAM_GAME))
+        self._judge_pace()
         return out
+
+    def _clear_ticks(self) -> None:
+        self._ticks.clear()
+        self._judge_after = time.monotonic() + SLOW_WINDOW_S
+
+    def _judge_pace(self) -> None:
+        """Say when the session makes frames below its target rate (the model, decoding,
+        encoding, the game beside it, or a machine too busy to run them), and when that
+        is over. Judged on the frames of the last second played, pauses left out."""
+        now = time.monotonic()
+        self._ticks.append(now)
+        while len(self._ticks) > 2 and now - self._ticks[0] > SLOW_WINDOW_S:
+            self._ticks.popleft()
+        if now < self._judge_after or len(self._ticks) < 2:
+            return
+        rate = (len(self._ticks) - 1) / (now - self._ticks[0])
+        if self.slow == (rate < self.fps * (SLOW_RECOVERED if self.slow else SLOW_SHARE)):
+            return
+        self.slow = not self.slow
+        fps = round(rate, 1)
+        self._notices.append({"type": "slow", "on": self.slow, "fps": fps,
+                              "target_fps": self.fps})
+        if self.slow and not self._slow_logged:
+            self._slow_logged = True
+            log.warning("%s makes %.1f frames/s, below the target %g: the session plays slower",
+                        self.world.name, fps, self.fps)
+
+    def resync(self) -> list[Any]:
+        """Restart the dream from the real game: its last context_length frames and the
+        actions that led into them become the model's context, so dream and game go on
+        from the same place. A recording notes it, so that replay does the same."""
+        frames = np.stack([f for f, _ in self.game_history])
+        actions = [a for _, a in self.game_history]
+        self.world.reset(frames, actions, seed=self.seed)
+        self.history.clear()
+        self.history.extend(self.game_history)
+        if self.recording is not None:
+            self.recording.resync(frames, actions, self.seed)
+        self._clear_ticks()
+        return [self._encode(frames[-1]), *self.game_frame()]
 
     def game_frame(self) -> list[Any]:
         if self.last_game_frame is None:

@@ -80,11 +80,16 @@ class SideBySide:
 
 
 @dataclass(frozen=True)
+class Resync:
+    """Side-by-side mode: restart the dream from the real game's last frames."""
+
+
+@dataclass(frozen=True)
 class Ping:
     t: float | None = None
 
 
-Message = Input | Reset | Record | Pause | SideBySide | Ping
+Message = Input | Reset | Record | Pause | SideBySide | Resync | Ping
 
 
 def _reject_constant(name: str) -> None:
@@ -152,6 +157,7 @@ _PARSERS: dict[str, tuple[frozenset[str], Any]] = {
     "record": (frozenset({"on"}), lambda d: Record(on=_bool(d, "on"))),
     "pause": (frozenset({"on"}), lambda d: Pause(on=_bool(d, "on"))),
     "side_by_side": (frozenset({"on"}), lambda d: SideBySide(on=_bool(d, "on"))),
+    "resync": (frozenset(), lambda d: Resync()),
     "ping": (frozenset({"t"}), lambda d: Ping(t=_number(d, "t", MAX_CLIENT_TIME, None))),
 }
 MESSAGE_TYPES = tuple(_PARSERS)

@@ -67,6 +67,7 @@ TOAST_S = 3.5
 BAR = 28  # top bar: model and REC
 FOOT = 22  # bottom bar: the keys
 GAP = 12  # between the dream and the real game
+DISPLAY_MARGIN = 64  # px of the display's height the window leaves to its title and a task bar
 OPEN_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 30.0  # a local link finishes its step and finalises the recording's video
 
@@ -293,6 +294,8 @@ class LocalLink(Link):
                     msg = self._controls.get(timeout=wait)
                 except queue.Empty:
                     self._emit(play.tick())
+                    for notice in play.notices():
+                        self._put_message(notice)
                     play.pacer.ticked()
                     continue
                 if msg is self._CLOSE:
@@ -309,6 +312,16 @@ class LocalLink(Link):
 
 
 # ------------------------------------------------------------------ the window
+
+
+def fit_scale(size: int, views: int, scale: int, display: tuple[int, int]) -> int:
+    """The largest integer scale up to `scale` at which `views` frames side by side, with
+    the bars, fit on the display (leaving room for the window's title and a task bar)."""
+    width, height = display
+    while scale > 1 and (views * size * scale + (views - 1) * GAP > width
+                         or BAR + size * scale + FOOT + DISPLAY_MARGIN > height):
+        scale -= 1
+    return scale
 
 
 def _surface(frame: np.ndarray) -> pygame.Surface:
@@ -405,6 +418,8 @@ class Window:
         elif kind == "pong":
             if isinstance(msg.get("t"), (int, float)):
                 self.rtt_ms = time.perf_counter() * 1000 - msg["t"]
+        elif kind == "slow" and msg.get("on"):
+            self.say(f"slow: {msg['fps']:.1f} frames/s, below the target {msg['target_fps']:g}")
         elif kind == "busy":
             self.busy = msg.get("error", "server busy")
         elif kind == "error":
@@ -416,9 +431,10 @@ class Window:
 
     def _resize(self) -> None:
         size = self.hello["size"] if self.hello else WINDOW
-        scale = self.scale_arg or max(1, WINDOW // size)
-        self.side = size * scale
         n = 2 if self.state.get("side_by_side") else 1
+        scale = fit_scale(size, n, self.scale_arg or max(1, WINDOW // size),
+                          pygame.display.get_desktop_sizes()[0])
+        self.side = size * scale
         self.screen = pygame.display.set_mode(
             (n * self.side + (n - 1) * GAP, BAR + self.side + FOOT)
         )

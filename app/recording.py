@@ -2,9 +2,12 @@
 
     recordings/20250101-120000-001/     name made by the server, never by a client
         meta.json       episode meta + checkpoint name/hash, seed, context, settings, timings
-        actions.jsonl   line i: the action that led into frame i, and "ms" to generate it
+        actions.jsonl   line i: the action that led into frame i, "ms" to generate it and
+                        "t", when it was shown (seconds from the recording's first frame)
         frames.u8       raw uint8 frames, appended and flushed every frame
         context.u8      dream recordings: the frames the model was reset with (actions in meta)
+        resync.u8       dream recordings: the real game's frames each resync restarted it from
+                        (actions.jsonl's line for the next frame says where and with what)
         video.mp4       H.264, scaled up with nearest-neighbour; finalised on close
 
 Frames and actions are flushed every frame, so a disconnect or a crash loses at most the
@@ -17,6 +20,7 @@ recording began, with the game's state there in meta["start"] (`Game.state()`).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import time
@@ -30,6 +34,7 @@ from worldmodel.episode import Episode, EpisodeError, EpisodeWriter, is_episode
 from worldmodel.video import VideoWriter
 
 CONTEXT = "context.u8"
+RESYNC = "resync.u8"
 VIDEO = "video.mp4"
 NAME_RE = re.compile(r"\d{8}-\d{6}-\d{3,6}")
 _counter = itertools.count(1)
@@ -93,7 +98,11 @@ class Recording:
                 "actions": [a.to_dict() for a in actions],
             }
         self._started = time.time()
+        self._clock0: float | None = None  # time.monotonic() of the first frame
         self._ms: list[float] = []
+        self._resync: dict[str, Any] | None = None  # noted on the next frame's line
+        self._resync_frames = 0  # frames in resync.u8
+        self.resyncs = 0
         self.episode = EpisodeWriter(
             self.path,
             size,
@@ -112,12 +121,34 @@ class Recording:
         return self.episode.count
 
     def append(self, frame: np.ndarray, action: Action, ms: float | None = None) -> None:
-        extra = {} if ms is None else {"ms": round(float(ms), 2)}
+        """Frame and the action that led into it, stamped with the time it is shown, so
+        that the video plays at the rate the session ran at, not at the nominal fps."""
+        now = time.monotonic()
+        if self._clock0 is None:
+            self._clock0 = now
+        t = round(now - self._clock0, 4)
+        extra: dict[str, Any] = {"t": t} if ms is None else {"ms": round(float(ms), 2), "t": t}
+        if self._resync is not None:
+            extra["resync"], self._resync = self._resync, None
         self.episode.append(frame, action, **extra)
         if ms is not None:
             self._ms.append(float(ms))
         if self.video is not None:
-            self.video.write(frame)
+            self.video.write(frame, t)
+
+    def resync(self, frames: np.ndarray, actions: list[Action], seed: int) -> None:
+        """The model was reset with `frames` and `actions` (and the generator with seed)
+        before the next frame: the frames go to resync.u8, flushed, and the next frame's
+        line in actions.jsonl says so, so that replay resets there too."""
+        frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        with open(self.path / RESYNC, "ab") as f:
+            f.write(frames.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        self._resync = {"offset": self._resync_frames, "frames": len(frames),
+                        "actions": [a.to_dict() for a in actions], "seed": int(seed)}
+        self._resync_frames += len(frames)
+        self.resyncs += 1
 
     def close(self) -> None:
         """Finalise the video and meta.json; safe to call twice."""
@@ -138,6 +169,7 @@ class Recording:
                 ended=_iso(time.time()),
                 duration_s=round(time.time() - self._started, 3),
                 timings=timings,
+                resyncs=self.resyncs,
             )
 
 
@@ -160,6 +192,55 @@ def load_context(path: str | Path, meta: dict[str, Any]) -> tuple[np.ndarray, li
     return frames, [Action.from_dict(a) for a in ctx["actions"]]
 
 
+def load_resyncs(path: str | Path, meta: dict[str, Any]
+                 ) -> dict[int, tuple[np.ndarray, list[Action], int]]:
+    """frame index -> (frames, actions, seed) the model was reset with just before that
+    frame was made (the resyncs of a dream recording)."""
+    out = {}
+    raw = None
+    with open(Path(path) / "actions.jsonl") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            entry = json.loads(line)
+            note = entry.get("resync")
+            if note is None:
+                continue
+            if raw is None:
+                size = int(meta["size"])
+                raw = np.fromfile(Path(path) / RESYNC, dtype=np.uint8).reshape(-1, size, size, 3)
+            frames = raw[note["offset"]:note["offset"] + note["frames"]]
+            if len(frames) != note["frames"]:
+                raise EpisodeError(f"{path}: {RESYNC} ends before the resync of frame {entry['frame']}")
+            out[int(entry["frame"])] = (frames, [Action.from_dict(a) for a in note["actions"]],
+                                        int(note["seed"]))
+    return out
+
+
+def frame_times(path: str | Path, n: int) -> list[float] | None:
+    """When each of the first n frames was shown (seconds from the first), or None for a
+    recording made before frames carried their time."""
+    times = []
+    with open(Path(path) / "actions.jsonl") as f:
+        for line in f:
+            if len(times) == n or not line.endswith("\n"):
+                break
+            t = json.loads(line).get("t")
+            if t is None:
+                return None
+            times.append(float(t))
+    return times if len(times) == n else None
+
+
+def duration(times: list[float] | None, frames: int, fps: float) -> float:
+    """How long a recording plays: its frames' times plus the last frame's own period."""
+    if not frames:
+        return 0.0
+    if times is None or len(times) < 2:
+        return frames / fps
+    return times[-1] + (times[-1] - times[0]) / (len(times) - 1)
+
+
 def list_recordings(root: str | Path) -> list[dict[str, Any]]:
     """Summaries of the recordings under root, newest first."""
     root = Path(root)
@@ -180,6 +261,7 @@ def list_recordings(root: str | Path) -> list[dict[str, Any]]:
                 "source": ep.meta.get("source"),
                 "frames": len(ep),
                 "fps": ep.meta.get("fps"),
+                "duration_s": round(duration(frame_times(path, len(ep)), len(ep), ep.meta["fps"]), 2),
                 "size": ep.size,
                 "started": ep.meta.get("started"),
                 "complete": complete,

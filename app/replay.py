@@ -6,9 +6,11 @@
 
 A dream recording is regenerated with `WorldSession` from its checkpoint (the hash must
 match), its context (context.u8 + meta["context"]["actions"]), its seed and its actions; a
-recording of the real game (source "game") with `Game` from its seed and start state. Exact equality is
-expected on the device it was recorded on; on CPU also with the torch thread count it was
-recorded with (meta["threads"]), which replay sets for the time it runs and reports.
+recording of the real game (source "game") with `Game` from its seed and start state. A
+resync in the recording (the player restarted the dream from the real game's frames) is
+redone before the frame it preceded. Exact equality is expected on the device it was
+recorded on; on CPU also with the torch thread count it was recorded with
+(meta["threads"]), which replay sets for the time it runs and reports.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from app.recording import load_context
+from app.recording import frame_times, load_context, load_resyncs
 from worldmodel.actions import Action
 from worldmodel.episode import ACTIONS, Episode, EpisodeError
 from worldmodel.flags import add_config_arguments, config_from_args
@@ -90,7 +92,13 @@ def replay(
             threads = session.threads
             context, context_actions = load_context(path, ep.meta)
             session.reset(context, context_actions, seed=int(ep.meta["seed"]))
-            generate = lambda i, action: session.step(action)  # noqa: E731
+            resyncs = load_resyncs(path, ep.meta)  # where the player restarted from the game
+
+            def generate(i: int, action: Action) -> np.ndarray:
+                if i in resyncs:
+                    frames, acts, seed = resyncs[i]
+                    session.reset(frames, acts, seed=seed)
+                return session.step(action)
         matching, max_diff, first = 0, 0, None
         for i, action in enumerate(tqdm(actions, desc="replay", unit="frame", disable=None)):
             frame = generate(i, action)
@@ -157,7 +165,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         ep = Episode(args.recording)
         if cfg.export:
-            out = export(ep.frames, cfg.export, int(ep.meta["fps"]))
+            times = frame_times(args.recording, len(ep))
+            out = export(ep.frames, cfg.export, int(ep.meta["fps"]), times)
             print(f"wrote {out} ({len(ep)} frames)")
         if not cfg.check:
             return 0

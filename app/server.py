@@ -250,6 +250,8 @@ class Connection:
         while True:
             await self.running.wait()
             self.slot.put(await self._call(self.play.tick))
+            for msg in self.play.notices():  # the slow notice, rarely
+                await self.ws.send(dumps(msg))
             pacer.ticked()
             await asyncio.sleep(pacer.wait())
 

@@ -8,7 +8,7 @@ Four tabs:
     Replay       regenerate one as `wm replay` does and compare it frame by frame
     Dream        the model and the real game under the same scripted actions, with PSNR
     Model        the checkpoint's card (card.md / card.json, or its student config) and
-                 its metrics (eval.json), when the folder has them
+                 its measurements (eval.json, or those its card.json records)
 
 The work is done by plain functions (`recording_rows`, `recording_view`, `verify_recording`,
 `dream_clip`, `model_card`); `build_app` only wires them to gradio. The page binds to
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from app.config import LOCAL_HOSTS
-from app.recording import VIDEO, list_recordings, recording_dir
+from app.recording import VIDEO, frame_times, list_recordings, recording_dir
 from app.replay import replay
 from worldmodel.actions import NOOP, Action, parse_script
 from worldmodel.episode import Episode, EpisodeError
@@ -94,7 +94,8 @@ def recording_view(root: str | Path, name: str, scratch: str | Path) -> tuple[st
     if len(ep) == 0:
         return None, ep.meta
     out = Path(tempfile.mkdtemp(dir=scratch)) / f"{name}.mp4"
-    return str(export(ep.frames, out, int(ep.meta["fps"]))), ep.meta
+    times = frame_times(path, len(ep))
+    return str(export(ep.frames, out, int(ep.meta["fps"]), times)), ep.meta
 
 
 def verify_recording(root: str | Path, name: str, fallback: str | None = None) -> dict[str, Any]:
@@ -230,7 +231,7 @@ class ModelCard:
     folder: Path
     markdown: str  # card.md, or a heading and a note that there is none
     details: dict[str, Any]  # card.json, or the student's config and sampler settings
-    metrics: dict[str, Any] | None = field(default=None)  # eval.json
+    metrics: dict[str, Any] = field(default_factory=dict)  # what was measured, or where to
 
 
 def model_card(checkpoint: str | Path) -> ModelCard:
@@ -249,10 +250,19 @@ def model_card(checkpoint: str | Path) -> ModelCard:
             if (folder / "card.json").is_file()
             else "the student's configuration (`student.json`)."
         )
-    metrics = None
+    return ModelCard(folder, markdown, details, measurements(folder, details))
+
+
+def measurements(folder: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """eval.json if the folder has one; else the measurements its card.json records (wm
+    eval and wm bench, with the commands that made them); else how to make them."""
     if (folder / "eval.json").is_file():
-        metrics = json.loads((folder / "eval.json").read_text())
-    return ModelCard(folder, markdown, details, metrics)
+        return json.loads((folder / "eval.json").read_text())
+    found = {k: card[k] for k in ("eval", "eval_command", "bench", "bench_command") if k in card}
+    if found:
+        return {"source": f"{folder / 'card.json'}", **found}
+    return {"note": f"nothing measured in {folder}: `wm eval --checkpoint {folder} --json > "
+                    f"{folder / 'eval.json'}` measures it, and the studio shows the result here"}
 
 
 # ------------------------------------------------------------------ the app
@@ -371,7 +381,7 @@ def build_app(cfg: StudioConfig) -> gr.Blocks:
             card_md = gr.Markdown()
             with gr.Row():
                 details = gr.JSON(label="card / configuration", open=True)
-                metrics = gr.JSON(label="metrics (eval.json)", open=True)
+                metrics = gr.JSON(label="measurements (eval.json, or the card's)", open=True)
 
         listing = [table, chosen, to_verify]
         app.load(refresh, chosen, listing, api_name="recordings")

@@ -198,7 +198,7 @@ def test_studio_model_card(checkpoint, tmp_path):
     folder = shutil.copytree(checkpoint, tmp_path / "model")
     card = studio.model_card(folder)
     assert "student" in card.markdown and card.details["model"]["dim"] > 0
-    assert card.metrics is None
+    assert "wm eval" in card.metrics["note"]  # where the measurements would come from
     (folder / "card.md").write_text("# Tiny world\n\nRandom weights, for tests.\n")
     (folder / "card.json").write_text(json.dumps({"name": "tiny", "fps": 20}))
     (folder / "eval.json").write_text(json.dumps({"psnr_1": 12.5}))
@@ -207,3 +207,29 @@ def test_studio_model_card(checkpoint, tmp_path):
     assert card.metrics == {"psnr_1": 12.5}
     with pytest.raises(FileNotFoundError):
         studio.model_card(tmp_path / "nothing")
+    # the shipped default has no eval.json: its card's measurements are shown
+    shipped = studio.model_card("default")
+    assert shipped.metrics["eval"]["psnr"]["student"] and "wm eval" in shipped.metrics["eval_command"]
+
+
+def test_pygame_side_by_side_fits_the_display():
+    """The dummy display is 1024 x 768: two 512 px views and the gap would run off it."""
+    import pygame
+
+    pygame.display.init()
+    pygame.font.init()
+    try:
+        width, height = pygame.display.get_desktop_sizes()[0]
+        win = pygame_client.Window(link=None, scale=None, script=None)
+        win._on_message({"type": "hello", "size": 64})
+        assert win.side == 512
+        win._on_message({"type": "state", "side_by_side": True, "recording": None})
+        w, h = win.screen.get_size()
+        assert w <= width and h <= height and win.side % 64 == 0 and win.side >= 384
+        win._on_message({"type": "state", "side_by_side": False, "recording": None})
+        assert win.side == 512
+    finally:
+        pygame.quit()
+    assert pygame_client.fit_scale(64, 2, 8, (1920, 1080)) == 8
+    assert pygame_client.fit_scale(64, 2, 8, (1024, 768)) == 7
+    assert pygame_client.fit_scale(64, 1, 8, (800, 600)) == 7  # 50 + 448 + 64 <= 600

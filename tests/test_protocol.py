@@ -44,7 +44,8 @@ def accepts_or_rejects(data) -> None:
     except ProtocolError as e:
         assert str(e) and e.code
     else:
-        assert isinstance(msg, (Input, Reset, Record, protocol.Pause, protocol.SideBySide, Ping))
+        assert isinstance(msg, (Input, Reset, Record, protocol.Pause, protocol.SideBySide,
+                                protocol.Resync, Ping))
 
 
 # ---------------------------------------------------------------- valid messages
@@ -63,6 +64,7 @@ def test_every_message_type_parses():
     assert parse_message('{"type":"reset","seed":42}') == Reset(seed=42)
     assert parse_message('{"type":"record","on":true}') == Record(on=True)
     assert parse_message('{"type":"pause","on":false}') == protocol.Pause(on=False)
+    assert parse_message('{"type":"resync"}') == protocol.Resync()
     assert parse_message('{"type":"side_by_side","on":true}') == protocol.SideBySide(on=True)
     assert parse_message('{"type":"ping","t":12.5}') == Ping(t=12.5)
     assert parse_message('{"type":"ping"}') == Ping(t=None)

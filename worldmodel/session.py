@@ -55,7 +55,7 @@ class WorldSession:
 
     def __init__(self, tokenizer: Tokenizer, student: DiT, sampler_cfg: StudentConfig,
                  name: str = "model", checkpoint_hash: str = "", card: dict | None = None,
-                 fps: int = Game.fps):
+                 fps: int = Game.fps, worlds: list[int] | None = None):
         self.tokenizer = tokenizer
         self.model = student
         self.sampler = StudentSampler(student, sampler_cfg)
@@ -64,6 +64,7 @@ class WorldSession:
         self.checkpoint_hash = checkpoint_hash
         self.context_length = sampler_cfg.context_length
         self.fps = fps
+        self.worlds = worlds  # the game seeds it was trained on; None: any procedural world
         self.card = card or {}
         self.frame_index = 0
         self.last_timings: dict[str, float] = {}
@@ -95,7 +96,7 @@ class WorldSession:
             card = json.loads((folder / "card.json").read_text())
         return cls(tokenizer, student, meta.sampler, name=folder.name,
                    checkpoint_hash=h.hexdigest(), card=card | {"student": meta.sidecar},
-                   fps=meta.fps)
+                   fps=meta.fps, worlds=meta.sidecar.get("worlds"))
 
     def _check_frames(self, frames) -> np.ndarray:
         # one memory layout whatever the caller's: the encoder's arithmetic, and so every

@@ -11,6 +11,8 @@
   const HEARTBEAT_MS = 50; // and unchanged input this often, so latency is always measured
   const PING_MS = 2000;
   const LATENCY_SAMPLES = 30;
+  const MAX_SEED = 2147483647;
+  const HELP_SEEN = "wm-help-seen"; // localStorage: the help opens by itself on a first visit
 
   // held keys -> the input names the server knows (hello.keys)
   const KEYMAP = {
@@ -27,6 +29,7 @@
     connected: false, busy: false, model: null, mode: null, size: null,
     framesDrawn: 0, gameFramesDrawn: 0, fps: 0, latencyMs: null, genMs: null, rttMs: null,
     frame: 0, lastSeq: 0, inputsSent: 0, recording: null, paused: false, sideBySide: false,
+    seed: null, slow: null, help: false, picker: false, fullscreen: false, pageToFirstFrameMs: null,
   };
   window.wmStats = stats; // read by the browser tests; handy in the console too
 
@@ -96,6 +99,7 @@
 
   const dreamView = new StreamView($("dream"), (h) => {
     const now = performance.now();
+    if (stats.pageToFirstFrameMs === null) stats.pageToFirstFrameMs = now; // from navigation start
     stats.framesDrawn += 1;
     stats.frame = h.frame;
     stats.genMs = h.genMs;
@@ -129,14 +133,14 @@
     };
   }
 
-  // Integer scaling keeps every model pixel the same size on screen.
+  // Integer scaling keeps every model pixel the same size on screen; the views stay square.
   function layout() {
     const stage = $("stage");
     const n = server.side_by_side ? 2 : 1;
     const size = $("dream").width;
     const gap = 20 * (n - 1);
-    const availW = (stage.clientWidth - 24 - gap) / n;
-    const availH = stage.clientHeight - 24 - 28;
+    const availW = (stage.clientWidth - 24 - gap) / n - 2;
+    const availH = stage.clientHeight - 24 - 28 - 2;
     const fit = Math.min(availW, availH) / size;
     const scale = fit >= 1 ? Math.floor(fit) : fit;
     for (const c of [$("dream"), $("game")]) {
@@ -145,6 +149,11 @@
     }
   }
   window.addEventListener("resize", layout);
+  document.addEventListener("fullscreenchange", () => {
+    stats.fullscreen = document.fullscreenElement === $("stage");
+    $("btn-full").classList.toggle("on", stats.fullscreen);
+    layout();
+  });
 
   // ---------------------------------------------------------------- HUD and overlays
 
@@ -156,7 +165,7 @@
     const n = drawTimes.length;
     stats.fps = n > 1 ? (1000 * (n - 1)) / (drawTimes[n - 1] - drawTimes[0]) : 0;
     if (n && performance.now() - drawTimes[n - 1] > 1000) stats.fps = 0;
-    $("hud-fps").textContent = stats.fps.toFixed(1);
+    $("hud-fps").textContent = server.paused ? "paused" : stats.fps.toFixed(1);
     $("hud-latency").textContent = fmt(stats.latencyMs);
     $("hud-gen").textContent = fmt(stats.genMs);
     $("hud-rtt").textContent = fmt(stats.rttMs);
@@ -196,8 +205,11 @@
     stats.recording = s.recording;
     stats.paused = s.paused;
     stats.sideBySide = s.side_by_side;
+    stats.seed = s.seed;
+    $("btn-resync").hidden = !s.side_by_side;
     $("rec").hidden = !s.recording;
     $("paused").hidden = !s.paused;
+    $("slow").hidden = !stats.slow || s.paused; // a paused world is not slow
     $("view-game").hidden = !s.side_by_side;
     $("btn-record").classList.toggle("on", !!s.recording);
     $("btn-pause").classList.toggle("on", s.paused);
@@ -256,7 +268,7 @@
           tag.textContent = "REAL GAME";
           tag.className = "tag game";
         }
-        overlay("start", "Click to play", "WASD to move · mouse to look · Esc releases the mouse");
+        overlay("start", "Click to play", "WASD to move · mouse to look · Esc releases the mouse · ? all keys");
         break;
       case "state":
         applyState(msg);
@@ -264,6 +276,13 @@
       case "saved":
         toast(`saved recording ${msg.name} (${msg.frames} frames)`);
         refreshRecordings();
+        break;
+      case "slow":
+        stats.slow = msg.on ? { fps: msg.fps, target: msg.target_fps } : null;
+        $("slow").hidden = !stats.slow || server.paused;
+        $("slow").textContent = `SLOW · the ${hello && hello.mode === "game" ? "game" : "model"} ` +
+          `makes ${msg.fps.toFixed(1)} frames/s, ` +
+          `below its ${msg.target_fps} frames/s: the world plays slower than real time`;
         break;
       case "pong":
         if (typeof msg.t === "number") stats.rttMs = performance.now() - msg.t;
@@ -315,10 +334,109 @@
       if (hello && !hello.side_by_side) toast("side by side needs a model: this server plays the real game");
       else send({ type: "side_by_side", on: !server.side_by_side });
     },
+    KeyC: () => {
+      if (!server.side_by_side) toast("resync works side by side: press G first");
+      else send({ type: "resync" });
+    },
+    KeyO: () => openPicker(),
+    KeyF: () => toggleFullscreen(),
+    KeyH: () => showHelp(!stats.help),
   };
+
+  // ---------------------------------------------------------------- help, picker, fullscreen
+
+  function showHelp(on) {
+    stats.help = on;
+    $("help").hidden = !on;
+    if (on) {
+      localStorage.setItem(HELP_SEEN, "1");
+      if (document.pointerLockElement) document.exitPointerLock();
+    }
+  }
+  $("help-close").addEventListener("click", () => showHelp(false));
+  $("help").addEventListener("click", (e) => { if (e.target === $("help")) showHelp(false); });
+
+  function toggleFullscreen() {
+    if (document.fullscreenElement) {
+      document.exitFullscreen();
+      return;
+    }
+    const p = $("stage").requestFullscreen();
+    if (p && p.catch) p.catch((err) => toast(`fullscreen refused: ${err.message}`));
+  }
+
+  function openPicker() {
+    if (!hello) return;
+    if (document.pointerLockElement) document.exitPointerLock();
+    const worlds = hello.worlds;
+    $("picker-text").textContent = worlds
+      ? `This model was trained on ${worlds.length} world${worlds.length === 1 ? "" : "s"}; ` +
+        "any other seed is a world it has never seen."
+      : "This model declares no fixed worlds: any seed starts a procedural world.";
+    $("picker-worlds").replaceChildren(...(worlds || []).map((seed) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = `world ${seed}`;
+      b.dataset.seed = String(seed);
+      b.classList.toggle("on", seed === server.seed);
+      b.addEventListener("click", () => pickWorld(seed));
+      return b;
+    }));
+    $("picker-seed").max = String(MAX_SEED);
+    $("picker-seed").value = server.seed === null ? "" : String(server.seed);
+    stats.picker = true;
+    $("picker").hidden = false;
+    $("picker-seed").focus();
+    $("picker-seed").select();
+  }
+
+  function closePicker() {
+    stats.picker = false;
+    $("picker").hidden = true;
+    $("picker-seed").blur();
+  }
+
+  function pickWorld(seed) {
+    closePicker();
+    if (seed === null) {
+      send({ type: "reset" });
+      return;
+    }
+    send({ type: "reset", seed });
+    const url = new URL(location.href);
+    url.searchParams.set("seed", String(seed)); // a reload comes back to this world
+    history.replaceState(null, "", url);
+  }
+
+  $("picker-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const seed = Number($("picker-seed").value);
+    if (!Number.isInteger(seed) || seed < 0 || seed > MAX_SEED) {
+      toast(`a seed is a whole number from 0 to ${MAX_SEED}`);
+      return;
+    }
+    pickWorld(seed);
+  });
+  $("picker-random").addEventListener("click", () => pickWorld(null));
+  $("picker-close").addEventListener("click", closePicker);
+  $("picker").addEventListener("click", (e) => { if (e.target === $("picker")) closePicker(); });
+
+  document.addEventListener("pointerlockchange", () => {
+    if (document.pointerLockElement === $("dream")) toast("mouse captured: Esc releases it");
+  });
 
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (stats.picker) {
+      if (e.code === "Escape") closePicker(); // Enter submits the form
+      return; // typing a seed does not walk
+    }
+    if (e.key === "?" || (stats.help && e.code === "Escape")) {
+      e.preventDefault();
+      showHelp(e.key === "?" ? !stats.help : false);
+      return;
+    }
+    if (stats.help && e.code !== "KeyH") return; // the help is read, not played through
     const name = KEYMAP[e.code];
     if (name) {
       e.preventDefault();
@@ -329,6 +447,7 @@
     }
     if (controls[e.code]) {
       e.preventDefault();
+      if (overlayKind === "start") overlay(null);
       if (!e.repeat) controls[e.code]();
     }
   });
@@ -357,7 +476,11 @@
     e.stopPropagation();
     connect();
   });
-  for (const [id, code] of [["btn-record", "KeyR"], ["btn-new", "KeyN"], ["btn-pause", "KeyP"], ["btn-side", "KeyG"]]) {
+  const buttons = [
+    ["btn-record", "KeyR"], ["btn-new", "KeyN"], ["btn-pick", "KeyO"], ["btn-pause", "KeyP"],
+    ["btn-side", "KeyG"], ["btn-resync", "KeyC"], ["btn-full", "KeyF"], ["btn-help", "KeyH"],
+  ];
+  for (const [id, code] of buttons) {
     $(id).addEventListener("click", (e) => {
       controls[code]();
       e.currentTarget.blur(); // so that Space jumps instead of pressing the button again
@@ -393,7 +516,7 @@
       } else {
         item.append(document.createTextNode(rec.name));
       }
-      const seconds = rec.fps ? (rec.frames / rec.fps).toFixed(1) : "?";
+      const seconds = rec.duration_s.toFixed(1);
       const status = rec.complete ? "" : " · in progress";
       item.append(li(`${rec.source} · ${rec.frames} frames · ${seconds} s${status}`, "meta", "div"));
       return item;
@@ -411,4 +534,5 @@
   connect();
   refreshRecordings();
   layout();
+  if (!localStorage.getItem(HELP_SEEN)) showHelp(true);
 })();
