@@ -291,6 +291,8 @@ class LocalLink(Link):
                     msg = self._controls.get(timeout=wait)
                 except queue.Empty:
                     self._emit(play.tick())
+                    for m in play.take_messages():
+                        self._put_message(m)
                     play.pacer.ticked()
                     continue
                 if msg is self._CLOSE:

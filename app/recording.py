@@ -17,6 +17,7 @@ recording began, with the game's state there in meta["start"] (`Game.state()`).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import time
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from worldmodel.actions import Action
-from worldmodel.episode import Episode, EpisodeError, EpisodeWriter, is_episode
+from worldmodel.episode import FRAMES, META, EpisodeError, EpisodeWriter, is_episode
 from worldmodel.video import VideoWriter
 
 CONTEXT = "context.u8"
@@ -111,6 +112,11 @@ class Recording:
     def count(self) -> int:
         return self.episode.count
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the recording takes on disk so far."""
+        return _folder_bytes(self.path)
+
     def append(self, frame: np.ndarray, action: Action, ms: float | None = None) -> None:
         extra = {} if ms is None else {"ms": round(float(ms), 2)}
         self.episode.append(frame, action, **extra)
@@ -160,30 +166,61 @@ def load_context(path: str | Path, meta: dict[str, Any]) -> tuple[np.ndarray, li
     return frames, [Action.from_dict(a) for a in ctx["actions"]]
 
 
-def list_recordings(root: str | Path) -> list[dict[str, Any]]:
-    """Summaries of the recordings under root, newest first."""
+def _folder_bytes(path: Path) -> int:
+    with os.scandir(path) as entries:
+        return sum(e.stat().st_size for e in entries if e.is_file(follow_symlinks=False))
+
+
+def recordings_usage(root: str | Path) -> tuple[int, int]:
+    """(recordings, bytes they take) under root: one stat per file, nothing parsed."""
+    try:
+        with os.scandir(root) as entries:
+            dirs = [e.path for e in entries if NAME_RE.fullmatch(e.name) and e.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return 0, 0
+    return len(dirs), sum(_folder_bytes(Path(d)) for d in dirs)
+
+
+# name -> (meta.json mtime, frames.u8 size, summary): a listing parses only what changed
+ListCache = dict[str, tuple[int, int, dict[str, Any]]]
+
+
+def list_recordings(root: str | Path, cache: ListCache | None = None) -> list[dict[str, Any]]:
+    """Summaries of the recordings under root, newest first, from each one's meta.json and
+    the size of its frames (nothing else is read; with a cache, only changed metas are)."""
     root = Path(root)
-    if not root.is_dir():
+    cache = {} if cache is None else cache
+    try:
+        names = sorted((n for n in os.listdir(root) if NAME_RE.fullmatch(n)), reverse=True)
+    except (FileNotFoundError, NotADirectoryError):
         return []
     out = []
-    for path in sorted(root.iterdir(), reverse=True):
-        if recording_dir(root, path.name) is None:
-            continue
+    for name in names:
+        path = root / name
         try:
-            ep = Episode(path)
-        except (EpisodeError, OSError, ValueError):
+            mtime = (path / META).stat().st_mtime_ns
+            frames_bytes = (path / FRAMES).stat().st_size
+            hit = cache.get(name)
+            if hit is not None and hit[:2] == (mtime, frames_bytes):
+                out.append(hit[2])
+                continue
+            meta = json.loads((path / META).read_text())
+            size = int(meta["size"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
-        complete = bool(ep.meta.get("complete"))
-        out.append(
-            {
-                "name": path.name,
-                "source": ep.meta.get("source"),
-                "frames": len(ep),
-                "fps": ep.meta.get("fps"),
-                "size": ep.size,
-                "started": ep.meta.get("started"),
-                "complete": complete,
-                "video": complete and (path / VIDEO).is_file(),
-            }
-        )
+        complete = bool(meta.get("complete"))
+        summary = {
+            "name": name,
+            "source": meta.get("source"),
+            "frames": meta.get("frames") if complete else frames_bytes // (size * size * 3),
+            "fps": meta.get("fps"),
+            "size": size,
+            "started": meta.get("started"),
+            "complete": complete,
+            "video": complete and (path / VIDEO).is_file(),
+        }
+        cache[name] = (mtime, frames_bytes, summary)
+        out.append(summary)
+    for name in set(cache) - set(names):
+        del cache[name]
     return out
