@@ -109,18 +109,22 @@ def helper(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def probe_flood(checkpoint: str, tmp: Path, seconds: float) -> dict:
-    proc, port = spawn(checkpoint, tmp / "rec-flood")
+def probe_flood(checkpoint: str, tmp: Path, seconds: float, *extra: str) -> dict:
+    """The other player alone, during the flood, and alone again (the machine's load drifts)."""
+    proc, port = spawn(checkpoint, tmp / "rec-flood", *extra)
     try:
         alone = fps(port, seconds)
         flooder = helper("--flood", str(port), str(seconds + 8))
         time.sleep(1.0)
         flooded = fps(port, seconds)
         out = json.loads(flooder.communicate(timeout=120)[0])
+        again = fps(port, seconds)
     finally:
         stop(proc)
+    base = (alone + again) / 2
     return {"fps_alone": round(alone, 2), "fps_flooded": round(flooded, 2),
-            "cost_pct": round(100 * (1 - flooded / alone), 1), "flooder": out}  # fmt: skip
+            "fps_alone_after": round(again, 2), "cost_pct": round(100 * (1 - flooded / base), 1),
+            "flooder": out}  # fmt: skip
 
 
 def get(port: int, path: str, **headers: str) -> tuple[int, bytes]:
@@ -238,6 +242,8 @@ def main() -> None:
     p.add_argument("--checkpoint", default="default")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--only", default="flood,list,rebind,silent")
+    p.add_argument("--serve", action="append", default=[],
+                   help="extra `wm play` flag for the flood probe, e.g. --serve=--flood-close-s=1000")  # fmt: skip
     p.add_argument("--flood", nargs=2, metavar=("PORT", "SECONDS"))
     p.add_argument("--poll", nargs=2, metavar=("PORT", "SECONDS"))
     args = p.parse_args()
@@ -251,7 +257,7 @@ def main() -> None:
         tmp = Path(d)
         for name in args.only.split(","):
             if name == "flood":
-                out[name] = probe_flood(args.checkpoint, tmp, args.seconds)
+                out[name] = probe_flood(args.checkpoint, tmp, args.seconds, *args.serve)
             elif name == "list":
                 out[name] = probe_list(args.checkpoint, tmp, args.seconds)
             elif name == "rebind":
