@@ -29,6 +29,14 @@ class ServeConfig:
     arrow_rate: float = 0.5  # yaw/pitch while an arrow key is held
     record_video: bool = True
     threads: int | None = None  # torch threads on CPU; None: the cores shared among sessions
+    reset_rate: float = 2.0  # resets per second (each costs a prefill), bursts of the same size
+    flood_close_s: float = 5.0  # close a client that sends twice the rate limit this long
+    read_stall_s: float = 2.0  # stop generating while a client answers no ping this long
+    idle_timeout: float = 20.0  # end a session with no messages and no reads this long
+    max_session_recordings: int = 20  # recordings one session may make
+    max_session_recording_mb: float = 1024.0  # megabytes one session may record
+    max_recordings: int = 500  # recordings kept in the folder at most
+    max_recordings_mb: float = 10240.0  # megabytes all recordings may take
 
     def __post_init__(self) -> None:
         if self.max_sessions is None:
@@ -37,3 +45,8 @@ class ServeConfig:
             self.threads = max(1, (os.cpu_count() or 1) // self.max_sessions)
         self.recordings = Path(self.recordings)
         self.allow_origin = tuple(self.allow_origin)
+        if self.token is not None and not self.token:
+            raise ValueError("an empty --token would let anyone in; give a real one or none")
+        for name in ("rate_limit", "reset_rate", "flood_close_s", "read_stall_s", "idle_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")

@@ -6,7 +6,7 @@
     play.add_input(msg)                         # protocol.Input, from any thread
     frames = play.tick()                        # one step, with the input gathered since the last
     reply = play.control(msg)                   # Reset / Record / Pause / SideBySide / Resync
-    notices = play.notices()                    # messages ticks produced (the slow notice)
+    messages = play.take_messages()             # what tick() had to say (slow, a recording ended)
     saved = play.close()
 
 The session holds the input state, the world and the real game beside it, the recording,
@@ -31,7 +31,7 @@ import numpy as np
 
 from app import protocol
 from app.config import ServeConfig
-from app.recording import Recording
+from app.recording import Recording, recordings_usage
 from worldmodel.actions import NOOP, Action
 from worldmodel.game import Game
 
@@ -39,6 +39,7 @@ log = logging.getLogger("wm.play")
 SLOW_WINDOW_S = 1.0  # the slow notice judges the frame rate of the last second
 SLOW_SHARE = 0.9  # it is given below this share of the target rate
 SLOW_RECOVERED = 0.95  # and withdrawn at this share or above
+MB = 1024 * 1024
 
 
 class World(Protocol):
@@ -190,7 +191,10 @@ class Play:
         self._judge_after = 0.0  # time.monotonic() from which a full window has been seen
         self.slow = False  # steps take longer than the frame period: below the target rate
         self._slow_logged = False
-        self._notices: list[dict[str, Any]] = []
+        self.recordings_made = 0
+        self.recorded_bytes = 0  # by this session's closed recordings
+        self._recording_budget = 0  # bytes the open recording may still take
+        self._messages: list[dict[str, Any]] = []  # from tick, for take_messages
 
     # ------------------------------------------------------------ messages
 
@@ -222,11 +226,6 @@ class Play:
         with self._inputs_lock:
             self.inputs.clear()
 
-    def notices(self) -> list[dict[str, Any]]:
-        """Messages the ticks since the last call produced (`slow`), to send in order."""
-        out, self._notices = self._notices, []
-        return out
-
     def control(self, msg: protocol.Message) -> Reply:
         """Reset, Record, Pause, SideBySide or Resync; answered with a state message (and
         `saved` when a recording ends)."""
@@ -238,7 +237,7 @@ class Play:
             reply.frames = self.reset(seed)
         elif isinstance(msg, protocol.Record):
             if msg.on:
-                self.start_recording()
+                reply.messages += self._start_recording()
             else:
                 reply.messages += self._stop_recording()
         elif isinstance(msg, protocol.Pause):
@@ -311,7 +310,7 @@ class Play:
         self.frame += 1
         self.history.append((frame, action))
         if self.recording is not None:
-            self.recording.append(frame, action, ms)
+            self._record(frame, action, ms)
         out = [self._encode(frame, seq=seq, ms=ms)]
         if self.game is not None:
             t0 = time.perf_counter()
@@ -343,7 +342,7 @@ class Play:
             return
         self.slow = not self.slow
         fps = round(rate, 1)
-        self._notices.append({"type": "slow", "on": self.slow, "fps": fps,
+        self._messages.append({"type": "slow", "on": self.slow, "fps": fps,
                               "target_fps": self.fps})
         if self.slow and not self._slow_logged:
             self._slow_logged = True
@@ -364,12 +363,61 @@ class Play:
         self._clear_ticks()
         return [self._encode(frames[-1]), *self.game_frame()]
 
+    def take_messages(self) -> list[dict[str, Any]]:
+        """Messages that arose during tick (the slow notice, a recording that ended), oldest first."""
+        out, self._messages = self._messages, []
+        return out
+
     def game_frame(self) -> list[Any]:
         if self.last_game_frame is None:
             return []
         return [self._encode(self.last_game_frame, stream=protocol.STREAM_GAME)]
 
     # ------------------------------------------------------------ recording
+
+    def _start_recording(self) -> list[dict[str, Any]]:
+        """start_recording within the caps, answered with an error if refused or failed."""
+        if self.recording is not None:
+            return []
+        cfg = self.cfg
+        count, used = recordings_usage(cfg.recordings)
+        budget = min(cfg.max_session_recording_mb * MB - self.recorded_bytes,
+                     cfg.max_recordings_mb * MB - used)
+        full = None
+        if self.recordings_made >= cfg.max_session_recordings:
+            full = f"this session made its {cfg.max_session_recordings} recordings"
+        elif count >= cfg.max_recordings:
+            full = f"the server keeps at most {cfg.max_recordings} recordings"
+        elif budget <= 0:
+            full = "the recordings' space is used up"
+        if full is not None:
+            return [_error("recording_full", f"cannot record: {full}")]
+        try:
+            self.start_recording()
+        except OSError as e:  # the folder is not writable, the disk is full...
+            log.error("could not start a recording in %s: %s", cfg.recordings, e)
+            return [_error("recording_failed", "could not start a recording (see the server log)")]
+        self.recordings_made += 1
+        self._recording_budget = budget
+        return []
+
+    def _record(self, frame: np.ndarray, action: Action, ms: float) -> None:
+        rec = self.recording
+        try:
+            rec.append(frame, action, ms)
+            full = rec.nbytes >= self._recording_budget
+        except OSError as e:
+            log.error("recording %s failed: %s", rec.name, e)
+            self._messages.append(_error("recording_failed",
+                                         "a write failed; the recording was closed (see the server log)"))  # fmt: skip
+            full = False
+        else:
+            if not full:
+                return
+            self._messages.append(_error("recording_full",
+                                         "the recording reached its size limit and was closed"))  # fmt: skip
+        self._messages += self._stop_recording()
+        self._messages.append(self.state())
 
     def start_recording(self) -> None:
         """Start recording from the frame on screen now.
@@ -401,7 +449,6 @@ class Play:
                 checkpoint=self.checkpoint_meta,
                 device=self.cfg.device,
                 threads=self.world.threads,
-                card=self.world.card,
                 **common,
             )
         else:
@@ -419,9 +466,17 @@ class Play:
         rec, self.recording = self.recording, None
         if rec is None:
             return None
-        rec.close()
+        try:
+            rec.close()
+        except OSError as e:  # what was flushed stays readable; the mp4 may not be
+            log.error("recording %s could not be closed: %s", rec.name, e)
+        self.recorded_bytes += rec.nbytes
         return {"name": rec.name, "frames": rec.count}
 
     def close(self) -> dict[str, Any] | None:
         """End the session: the recording, if any, is closed; returns what `saved` says."""
         return self.stop_recording()
+
+
+def _error(code: str, text: str) -> dict[str, Any]:
+    return {"type": "error", "code": code, "error": text}

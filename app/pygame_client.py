@@ -294,8 +294,8 @@ class LocalLink(Link):
                     msg = self._controls.get(timeout=wait)
                 except queue.Empty:
                     self._emit(play.tick())
-                    for notice in play.notices():
-                        self._put_message(notice)
+                    for m in play.take_messages():
+                        self._put_message(m)
                     play.pacer.ticked()
                     continue
                 if msg is self._CLOSE:

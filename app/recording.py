@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from worldmodel.actions import Action
-from worldmodel.episode import Episode, EpisodeError, EpisodeWriter, is_episode
+from worldmodel.episode import FRAMES, META, EpisodeError, EpisodeWriter, is_episode
 from worldmodel.video import VideoWriter
 
 CONTEXT = "context.u8"
@@ -99,6 +99,8 @@ class Recording:
             }
         self._started = time.time()
         self._clock0: float | None = None  # time.monotonic() of the first frame
+        self._last_t: float | None = None  # the last frame's time from the first
+        self.fps = fps
         self._ms: list[float] = []
         self._resync: dict[str, Any] | None = None  # noted on the next frame's line
         self._resync_frames = 0  # frames in resync.u8
@@ -120,6 +122,11 @@ class Recording:
     def count(self) -> int:
         return self.episode.count
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the recording takes on disk so far."""
+        return _folder_bytes(self.path)
+
     def append(self, frame: np.ndarray, action: Action, ms: float | None = None) -> None:
         """Frame and the action that led into it, stamped with the time it is shown, so
         that the video plays at the rate the session ran at, not at the nominal fps."""
@@ -127,6 +134,7 @@ class Recording:
         if self._clock0 is None:
             self._clock0 = now
         t = round(now - self._clock0, 4)
+        self._last_t = t
         extra: dict[str, Any] = {"t": t} if ms is None else {"ms": round(float(ms), 2), "t": t}
         if self._resync is not None:
             extra["resync"], self._resync = self._resync, None
@@ -168,6 +176,7 @@ class Recording:
             self.episode.close(
                 ended=_iso(time.time()),
                 duration_s=round(time.time() - self._started, 3),
+                plays_s=round(duration(self._last_t, self.count, self.fps), 2),
                 timings=timings,
                 resyncs=self.resyncs,
             )
@@ -232,40 +241,73 @@ def frame_times(path: str | Path, n: int) -> list[float] | None:
     return times if len(times) == n else None
 
 
-def duration(times: list[float] | None, frames: int, fps: float) -> float:
-    """How long a recording plays: its frames' times plus the last frame's own period."""
+def duration(last_t: float | None, frames: int, fps: float) -> float:
+    """How long a recording plays: the time of its last frame (its first at 0) plus one
+    frame's mean period; frames / fps where frames carry no time."""
     if not frames:
         return 0.0
-    if times is None or len(times) < 2:
+    if last_t is None or frames < 2:
         return frames / fps
-    return times[-1] + (times[-1] - times[0]) / (len(times) - 1)
+    return last_t + last_t / (frames - 1)
 
 
-def list_recordings(root: str | Path) -> list[dict[str, Any]]:
-    """Summaries of the recordings under root, newest first."""
+def _folder_bytes(path: Path) -> int:
+    with os.scandir(path) as entries:
+        return sum(e.stat().st_size for e in entries if e.is_file(follow_symlinks=False))
+
+
+def recordings_usage(root: str | Path) -> tuple[int, int]:
+    """(recordings, bytes they take) under root: one stat per file, nothing parsed."""
+    try:
+        with os.scandir(root) as entries:
+            dirs = [e.path for e in entries if NAME_RE.fullmatch(e.name) and e.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return 0, 0
+    return len(dirs), sum(_folder_bytes(Path(d)) for d in dirs)
+
+
+# name -> (meta.json mtime, frames.u8 size, summary): a listing parses only what changed
+ListCache = dict[str, tuple[int, int, dict[str, Any]]]
+
+
+def list_recordings(root: str | Path, cache: ListCache | None = None) -> list[dict[str, Any]]:
+    """Summaries of the recordings under root, newest first, from each one's meta.json and
+    the size of its frames (nothing else is read; with a cache, only changed metas are)."""
     root = Path(root)
-    if not root.is_dir():
+    cache = {} if cache is None else cache
+    try:
+        names = sorted((n for n in os.listdir(root) if NAME_RE.fullmatch(n)), reverse=True)
+    except (FileNotFoundError, NotADirectoryError):
         return []
     out = []
-    for path in sorted(root.iterdir(), reverse=True):
-        if recording_dir(root, path.name) is None:
-            continue
+    for name in names:
+        path = root / name
         try:
-            ep = Episode(path)
-        except (EpisodeError, OSError, ValueError):
+            mtime = (path / META).stat().st_mtime_ns
+            frames_bytes = (path / FRAMES).stat().st_size
+            hit = cache.get(name)
+            if hit is not None and hit[:2] == (mtime, frames_bytes):
+                out.append(hit[2])
+                continue
+            meta = json.loads((path / META).read_text())
+            size = int(meta["size"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
-        complete = bool(ep.meta.get("complete"))
-        out.append(
-            {
-                "name": path.name,
-                "source": ep.meta.get("source"),
-                "frames": len(ep),
-                "fps": ep.meta.get("fps"),
-                "duration_s": round(duration(frame_times(path, len(ep)), len(ep), ep.meta["fps"]), 2),
-                "size": ep.size,
-                "started": ep.meta.get("started"),
-                "complete": complete,
-                "video": complete and (path / VIDEO).is_file(),
-            }
-        )
+        complete = bool(meta.get("complete"))
+        summary = {
+            "name": name,
+            "source": meta.get("source"),
+            "frames": meta.get("frames") if complete else frames_bytes // (size * size * 3),
+            "fps": meta.get("fps"),
+            "duration_s": meta.get("plays_s") if complete else round(
+                frames_bytes / (size * size * 3) / meta["fps"], 2),
+            "size": size,
+            "started": meta.get("started"),
+            "complete": complete,
+            "video": complete and (path / VIDEO).is_file(),
+        }
+        cache[name] = (mtime, frames_bytes, summary)
+        out.append(summary)
+    for name in set(cache) - set(names):
+        del cache[name]
     return out

@@ -5,11 +5,15 @@ client, /healthz, the recordings); the websocket at /ws is a play session (app.p
 docs/protocol.md). Each connection runs three tasks, cancelled together when any of them
 ends:
 
-    receive   JSON messages -> validated (app.protocol) -> the session's input / controls
+    receive   JSON messages -> validated (app.protocol) -> the session's input / controls;
+              read no faster than twice the rate limit, so a flood waits in TCP buffers
+              (the client's sends block) instead of costing the event loop
     produce   at the session's pace (Play.pacer): step the world on the connection's own
               worker thread, put the encoded frames into the slot
     send      slot -> websocket; the slot holds only the newest frames, so a slow client
               skips frames instead of building a backlog, and sending never blocks a step
+    watch     ping the client: while it answers no ping (it reads nothing) no frame is
+              generated, and a session with no message and no answer for a while ends
 
 The session (the world, the game beside it and the recording) is touched only on the worker
 thread, one call at a time, so none of it needs a lock.
@@ -29,6 +33,7 @@ import time
 import webbrowser
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,6 +49,14 @@ from app.routes import Routes
 from worldmodel.flags import add_config_arguments, config_from_args
 
 log = logging.getLogger("wm.play")
+
+PING_EVERY_S = 1.0  # how often the watch task asks the client for a pong
+CLOSE_TIMEOUT_S = 5.0
+FLOOD_SHARE = 0.9  # a second with reads at this share of the read cap counts as a flood  # for a closing handshake; a client that reads nothing is cut off
+
+# close codes besides the standard ones (docs/protocol.md)
+CLOSE_FLOOD = 1008  # policy violation: far over the message rate limit
+CLOSE_IDLE = 4408  # no message and no pong for --idle-timeout seconds
 
 
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
@@ -95,21 +108,41 @@ class LatestSlot:
 
 
 class RateLimiter:
-    """Token bucket: `rate` messages per second on average, bursts of up to `rate`."""
+    """Token bucket: `rate` messages per second on average, bursts of up to `rate` (at
+    least one)."""
 
     def __init__(self, rate: float):
         self.rate = rate
-        self.tokens = rate
+        self.burst = max(1.0, rate)
+        self.tokens = self.burst
         self.last = time.monotonic()
 
-    def allow(self) -> bool:
+    def _refill(self) -> None:
         now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
         self.last = now
+
+    def allow(self) -> bool:
+        self._refill()
         if self.tokens >= 1:
             self.tokens -= 1
             return True
         return False
+
+    def wait(self) -> float:
+        """Seconds until a token is there (0: one is)."""
+        self._refill()
+        return max(0.0, (1 - self.tokens) / self.rate)
+
+
+@dataclass
+class Close(Exception):
+    """Ends a connection: `message` (JSON text) is sent if the client still reads, then
+    the close frame."""
+
+    code: int
+    reason: str
+    message: str
 
 
 class WorldPool:
@@ -151,10 +184,18 @@ class Connection:
         self.play = Play(world, self.cfg, jpeg_encoder(self.cfg.jpeg_quality), seed)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="wm-play")
         self.limiter = RateLimiter(self.cfg.rate_limit)
+        self.reads = RateLimiter(2 * self.cfg.rate_limit)  # read at most this fast
+        self.resets = RateLimiter(self.cfg.reset_rate)  # resets and record starts
         self.slot = LatestSlot()
         self.running = asyncio.Event()  # set while not paused: wakes the producer
         self.running.set()
+        self.reading = asyncio.Event()  # set while the client answers pings
+        self.reading.set()
+        self.last_message = self.last_read = time.monotonic()
         self._last_rate_error = 0.0
+        self._window = (time.monotonic(), 0)  # (start, messages read since)
+        self._flood_s = 0  # seconds in a row spent reading at (nearly) the cap
+        self.close_with: Close | None = None  # why the server ended the connection
 
     async def _call(self, fn: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -178,14 +219,17 @@ class Connection:
                 asyncio.create_task(self._receive(), name="receive"),
                 asyncio.create_task(self._produce(), name="produce"),
                 asyncio.create_task(self._send_frames(), name="send"),
+                asyncio.create_task(self._watch(), name="watch"),
             ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 exc = task.exception()
-                if exc is not None and not isinstance(exc, ConnectionClosed):
+                if isinstance(exc, Close):
+                    self.close_with = exc
+                elif exc is not None and not isinstance(exc, ConnectionClosed):
                     log.error("session failed in %s", task.get_name(), exc_info=exc)
-                    await self._try_send(protocol.error("internal", f"server error: {exc}"))
-                    await self.ws.close(1011, "server error")
+                    self.close_with = Close(1011, "server error", protocol.error(
+                        "internal", "server error (see the server log)"))  # fmt: skip
         except ConnectionClosed:
             pass  # the client left while the session was starting
         finally:
@@ -199,24 +243,52 @@ class Connection:
             reusable = True
         return reusable
 
-    async def _try_send(self, message: str | bytes) -> None:
+    async def close(self) -> None:
+        """Send close_with's message and close frame; cut off a client that reads nothing."""
+        end = self.close_with
         try:
-            await self.ws.send(message)
-        except ConnectionClosed:
-            pass
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.ws.send(end.message)
+                await self.ws.close(end.code, end.reason)
+        except (TimeoutError, ConnectionClosed):
+            self.ws.transport.abort()
+
+    async def _throttle(self) -> None:
+        """Wait while the read budget is empty: nothing is read meanwhile, so the client's
+        TCP buffers fill and its sends block. A client that keeps the reads at the cap
+        (twice the rate limit) for flood_close_s seconds in a row is closed."""
+        now = time.monotonic()
+        start, reads = self._window
+        if now - start >= 1.0:
+            at_cap = reads >= FLOOD_SHARE * self.reads.rate * (now - start)
+            self._flood_s = self._flood_s + 1 if at_cap else 0
+            self._window = (now, 0)
+            if self._flood_s >= self.cfg.flood_close_s:
+                rate = self.cfg.rate_limit
+                raise Close(CLOSE_FLOOD, "rate limit exceeded", protocol.error(
+                    "rate_limited", f"over {2 * rate:g} messages/s for "
+                    f"{self.cfg.flood_close_s:g} s (the limit is {rate:g}): closing"))  # fmt: skip
+        while (wait := self.reads.wait()) > 0:
+            await asyncio.sleep(wait)
+        self.reads.allow()
+        start, reads = self._window
+        self._window = (start, reads + 1)
+
+    async def _rate_error(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._last_rate_error >= 1.0:  # one error a second, not one per message
+            self._last_rate_error = now
+            await self.ws.send(protocol.error("rate_limited", what))
 
     async def _receive(self) -> None:
-        async for data in self.ws:
+        while True:
+            await self._throttle()
+            data = await self.ws.recv()
+            self.last_message = time.monotonic()
             if not self.limiter.allow():
-                now = time.monotonic()
-                if now - self._last_rate_error >= 1.0:  # one error a second, not one per message
-                    self._last_rate_error = now
-                    await self.ws.send(
-                        protocol.error(
-                            "rate_limited",
-                            f"more than {self.cfg.rate_limit:g} messages/s: messages dropped",
-                        )
-                    )
+                await self._rate_error(
+                    f"more than {self.cfg.rate_limit:g} messages/s: messages dropped"
+                )
                 continue
             try:
                 msg = protocol.parse_message(data)
@@ -231,6 +303,12 @@ class Connection:
         elif isinstance(msg, protocol.Ping):
             await self.ws.send(dumps(self.play.pong(msg)))
         else:
+            costly = isinstance(msg, protocol.Reset) or (isinstance(msg, protocol.Record) and msg.on)
+            if costly and not self.resets.allow():  # each starts the model afresh
+                await self._rate_error(
+                    f"more than {self.cfg.reset_rate:g} resets or record starts/s: dropped"
+                )
+                return
             await self._deliver(await self._call(self.play.control, msg))
 
     async def _deliver(self, reply: Reply) -> None:
@@ -249,11 +327,40 @@ class Connection:
         pacer = self.play.pacer
         while True:
             await self.running.wait()
+            await self.reading.wait()
             self.slot.put(await self._call(self.play.tick))
-            for msg in self.play.notices():  # the slow notice, rarely
-                await self.ws.send(dumps(msg))
             pacer.ticked()
+            for msg in self.play.take_messages():
+                await self.ws.send(dumps(msg))
             await asyncio.sleep(pacer.wait())
+
+    async def _watch(self) -> None:
+        cfg = self.cfg
+        while True:
+            sent = time.monotonic()
+            pong = asyncio.ensure_future(self._ping())
+            try:
+                while not pong.done():
+                    await asyncio.wait([pong], timeout=min(cfg.read_stall_s, PING_EVERY_S) / 2)
+                    now = time.monotonic()
+                    if not pong.done() and now - sent >= cfg.read_stall_s:
+                        self.reading.clear()  # it reads nothing: stop generating for it
+                    if now - max(self.last_message, self.last_read) >= cfg.idle_timeout:
+                        raise Close(CLOSE_IDLE, "idle", protocol.error(
+                            "idle", f"no message and no reads for {cfg.idle_timeout:g} s: "
+                            "session closed"))  # fmt: skip
+            finally:
+                pong.cancel()
+            pong.result()
+            self.last_read = time.monotonic()
+            if not self.reading.is_set():
+                self.play.pacer.restart()
+                self.reading.set()
+            await asyncio.sleep(PING_EVERY_S)
+
+    async def _ping(self) -> None:
+        answered = await self.ws.ping()
+        await answered
 
     async def _send_frames(self) -> None:
         while True:
@@ -298,16 +405,22 @@ class PlayServer:
             return
         world = None
         reusable = False
+        conn = None
         peer = ws.remote_address[0] if ws.remote_address else "?"
         try:
             world = await self.pool.take()
             params = parse_qs(urlsplit(ws.request.path).query)
             seed = int(params["seed"][0]) if "seed" in params else random.randrange(protocol.MAX_SEED)
             log.info("session from %s (%d/%d)", peer, self.pool.in_use, self.pool.limit)
-            reusable = await Connection(self, ws, world, seed).run()
+            conn = Connection(self, ws, world, seed)
+            reusable = await conn.run()
         finally:
             self.pool.give_back(world if reusable else None)
-            log.info("session from %s ended (%d/%d)", peer, self.pool.in_use, self.pool.limit)
+            why = f": {conn.close_with.reason}" if conn and conn.close_with else ""
+            log.info("session from %s ended%s (%d/%d)", peer, why, self.pool.in_use,
+                     self.pool.limit)  # fmt: skip
+        if conn.close_with is not None:  # after the slot is free: it may take a while
+            await conn.close()
 
     async def serve(self, stop: asyncio.Future, ready: Callable[[int], None] | None = None) -> None:
         """Serve until `stop` is done; then close every session and its recording."""
@@ -318,6 +431,7 @@ class PlayServer:
             process_request=self.routes,
             compression=None,  # frames are JPEG already
             max_size=protocol.MAX_MESSAGE_BYTES,
+            max_queue=4,  # messages read ahead of the receive task: a flood waits in TCP
             server_header=None,
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
@@ -347,6 +461,14 @@ HELPS = {
     "arrow_rate": "yaw/pitch per frame while an arrow key is held",
     "record_video": "write video.mp4 beside each recording",
     "threads": "torch threads on CPU; cores / max sessions when not given",
+    "reset_rate": "resets and record starts per second a client may ask for",
+    "flood_close_s": "close a client sending over twice the rate limit for this long (s)",
+    "read_stall_s": "stop generating for a client that answers no ping for this long (s)",
+    "idle_timeout": "end a session with no message and no reads for this long (s)",
+    "max_session_recordings": "recordings one session may make",
+    "max_session_recording_mb": "megabytes one session may record",
+    "max_recordings": "recordings the folder may hold; no more are started beyond it",
+    "max_recordings_mb": "megabytes the recordings folder may hold",
 }
 
 
@@ -366,7 +488,11 @@ def main(args: argparse.Namespace) -> int:
     if args.max_sessions is not None and args.max_sessions < 1:
         print("wm play: --max-sessions must be at least 1", file=sys.stderr)
         return 2
-    cfg = config_from_args(ServeConfig, args)
+    try:
+        cfg = config_from_args(ServeConfig, args)
+    except ValueError as e:
+        print(f"wm play: {e}", file=sys.stderr)
+        return 2
     if not cfg.game and cfg.device == "cpu":
         import torch
 

@@ -215,14 +215,14 @@ def test_play_says_when_it_cannot_keep_up(tmp_path, caplog):
         notices = []
         for _ in range(round(play.fps) + 2):
             play.tick()
-            notices += play.notices()
+            notices += play.take_messages()
     assert len(notices) == 1 and notices[0]["type"] == "slow" and notices[0]["on"]
     assert notices[0]["target_fps"] == play.fps
     assert play.fps / 1.6 * 0.8 < notices[0]["fps"] < play.fps / 1.6 * 1.05
     world.delay = 0.0
     for _ in range(round(play.fps * 1.5)):  # faster than the target: the pacer caps it
         play.tick()
-        notices += play.notices()
+        notices += play.take_messages()
         time.sleep(period * 0.8)
     assert [n["on"] for n in notices] == [True, False] and not play.slow
     assert sum("below the target" in r.message for r in caplog.records) == 1

@@ -74,10 +74,16 @@ class EpisodeWriter:
         """Finish the episode; extra keyword arguments are merged into meta.json."""
         if self._frames.closed:
             return
-        self._frames.close()
-        self._actions.close()
+        failed = []
+        for f in (self._frames, self._actions):  # both, and the meta, even if a write failed
+            try:
+                f.close()
+            except OSError as e:
+                failed.append(e)
         self.meta.update(meta, frames=self.count, complete=True)
         write_json_atomic(self.path / META, self.meta)
+        if failed:
+            raise failed[0]
 
     def __enter__(self) -> EpisodeWriter:
         return self
