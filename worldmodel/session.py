@@ -67,7 +67,7 @@ class WorldSession:
 
     def __init__(self, tokenizer: Tokenizer, student: DiT, sampler_cfg: StudentConfig,
                  name: str = "model", checkpoint_hash: str = "", card: dict | None = None,
-                 fps: int = FPS):
+                 fps: int = FPS, worlds: list[int] | None = None):
         self.tokenizer = tokenizer
         self.model = student
         self.sampler = StudentSampler(student, sampler_cfg)
@@ -76,6 +76,7 @@ class WorldSession:
         self.checkpoint_hash = checkpoint_hash
         self.context_length = sampler_cfg.context_length
         self.fps = fps
+        self.worlds = worlds  # the game seeds it was trained on; None: any procedural world
         self.card = card or {}
         self.frame_index = 0
         self.last_timings: dict[str, float] = {}
@@ -100,7 +101,8 @@ class WorldSession:
             card = json.loads((folder / "card.json").read_text())
         return cls(tokenizer, student, StudentConfig(**meta["sampler"]), name=folder.name,
                    checkpoint_hash=h.hexdigest(), card=card | {"student": meta},
-                   fps=int(meta.get("fps", FPS)))
+                   fps=int(meta.get("fps", FPS)),
+                   worlds=None if meta.get("worlds") is None else [int(w) for w in meta["worlds"]])
 
     def _check_frames(self, frames) -> np.ndarray:
         arr = np.asarray(frames)
