@@ -54,6 +54,18 @@ class PackConfig:
     student: str = "runs/student-dmd/model"  # or runs/student-init/model
     tokenizer: str = "runs/tokenizer/model"
     out: str = "runs/world-model"
+    worlds: str | None = None  # the game seeds trained on, "0-199" or "3,5,8"; None: any world
+
+
+def parse_worlds(text: str | None) -> list[int] | None:
+    """"0-3,7" -> [0, 1, 2, 3, 7]; None or "" -> None (any procedural world)."""
+    if not text:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def pack(cfg: PackConfig) -> Path:
@@ -70,7 +82,8 @@ def pack(cfg: PackConfig) -> Path:
                          f"{(student.cfg.latent_channels, student.cfg.latent_size)}")
     folder = save_world_model(cfg.out, tok, student, s_meta.sampler, {
         "distill": {"stage": meta["stage"], "step": meta["step"], "teacher": meta["teacher"],
-                    "student": cfg.student, "tokenizer": cfg.tokenizer}})
+                    "student": cfg.student, "tokenizer": cfg.tokenizer},
+        "worlds": parse_worlds(cfg.worlds)})
     print(f"world model written to {folder} (student from {cfg.student}, {meta['stage']} "
           f"step {meta['step']}); try: wm play --checkpoint {folder}")
     return folder

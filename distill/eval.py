@@ -1,37 +1,53 @@
-"""`wm eval`: a world model measured against the real game, on worlds it never trained on.
+"""`wm eval`: a world model measured against the real game the way a player sees it.
 
     wm eval --checkpoint runs/world-model --out runs/eval
     wm eval --checkpoint runs/world-model --teacher runs/teacher/model \\
             --student-init runs/student-init/model --json > eval.json
+    wm eval --quick --checkpoint runs/world-model      # the ablation subset, minutes on a CPU
     # seconds on a CPU (tests/test_eval_bench.py runs this on random weights):
     wm eval --checkpoint runs/wm-tiny --seeds 1 --horizons 1,4 --stability-frames 50 \\
-            --idm runs/idm-tiny/model --idm-preset tiny
+            --idm runs/idm-tiny/model --idm-preset tiny --probes stand,walk --probe-frames 18
+
+Pictures (distill.strips, distill.probes). Each behaviour probe (stand, walk, turn, strafe,
+look, mixed) is played by every stream from the same real context; a PNG strip per probe
+and stream shows the dream above the game at frames 0, 1, 2, 4, ..., 256, 1000 and the last,
+and the mixed probe gives a side-by-side mp4 (dream | game). Per probe: PSNR at 1, 4, 16,
+64 frames (means over MSE), realism and IDM scores.
+
+Realism (distill.realism). Each frame's distance to the nearest real view drawn by the game
+around its own poses, in features of layout and detail; the game's median distance over the
+stream's (1 for the game). The same for degenerate controls made from the game's frames
+(flat, tiled wall crop, shuffled patches), so that a collapse reads as one. The long
+session is scored per --segment-frames, plotted against time, and called collapsed
+("unreal") when its late segments score no higher than the tiled or shuffled control.
+
+One-step. Real context, one generated frame: teacher-forced next-frame PSNR for every
+stream, next to repeating the last frame and the tokenizer's reconstruction.
+
+Stage table: real frames, tokenizer, teacher one-step, teacher rollout, init student,
+student: IDM forward and yaw accuracy, one-step and @16 PSNR, realism.
 
 Fidelity. World seeds from 1,000,000 on (`EVAL_SEED_START`; collection never trains there).
 Each seed's game plays under the explorer policy; every rollout takes the session's
 context_length real frames as context and then generates under the same actions as the
-game. PSNR and SSIM against the game at each step ahead, averaged over seeds and rollouts,
-for: "baseline" (repeat the last context frame), "tokenizer" (the real frame encoded and
-decoded: the ceiling of any model behind this decoder), "student" (the checkpoint), and
-"teacher" / "student_init" when given. A model not given is absent from the output.
+game. PSNR (mean over MSE) and SSIM at each step ahead for "baseline" (the last context
+frame repeated), "tokenizer", "student", and "teacher" / "student_init" when given.
+
+Worlds. A checkpoint may declare the worlds it was trained on (`WorldSession.worlds`;
+--seen-worlds overrides); those are measured apart, from places and trajectories that
+training never saw (see distill.probes), and reported under "seen".
 
 Controllability. An inverse-dynamics model (distill.idm), trained on real frame pairs,
-reads consecutive frames of each stream and guesses the commanded action. Its score on
-real frames is the reference; on the student's frames it says whether the pictures move
-as the actions say. Loaded from --idm, or trained there first if absent (or --train-idm).
+reads consecutive frames of each stream and guesses the commanded action.
 
-Counterfactual actions (--response-frames, 0 skips). From a still context, every stream plays
-each probe action (none, forward, yaw+1, yaw-1) from the same seed, and each rollout is
-compared with its rollout under no input: the cosine between that effect and the game's own
-says whether walking and turning change the picture the way they change the game.
+Counterfactual actions (--response-frames, 0 skips): from a still context every stream plays
+none/forward/yaw+/yaw-; the cosine between each action's effect and the game's.
 
-Stability. One long student session (--stability-frames) next to the real game under the
-same explorer actions: per-frame brightness, contrast, sharpness and colour-histogram
-distance, plotted against time, and a `collapsed` verdict from the rules in CollapseRules
-(written out in report.md).
+Stability: one long student session (--stability-frames) next to the game: brightness,
+contrast, sharpness, colour histograms and realism per segment; the `collapsed` verdict.
 
-Writes eval.json, PNG plots and report.md to --out; `--json` prints eval.json's object on
-stdout. Progress goes to stderr.
+Writes eval.json, PNG strips and plots, mp4 and report.md to --out; `--json` prints
+eval.json's object on stdout. Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -40,19 +56,22 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from distill.collect import EVAL_SEED_START, Explorer
+from distill.distill import parse_worlds
 from distill.idm import IDM, IDM_PRESETS, ensure_idm, score
+from distill.probes import PROBES, idm_summary, mse, play, psnr_of_mse
+from distill.realism import RealismJudge, controls, realism
 from distill.sample import dream_teacher, play_game
-from worldmodel import checkpoint
+from distill.strips import save_side_by_side, save_strip
+from worldmodel import checkpoint, flags
 from worldmodel.actions import Action, stack
 from worldmodel.checkpoint import load_student, load_teacher, load_tokenizer
-from worldmodel.flags import add_config_arguments, config_from_args
 from worldmodel.game import Game
 from worldmodel.metrics import psnr, ssim
 from worldmodel.sampling import TeacherConfig
@@ -74,7 +93,7 @@ class EvalConfig:
     tokenizer: str | None = None  # stem; default: the checkpoint's own tokenizer
     seeds: int = 8
     rollouts: int = 2  # context windows per seed, one horizon apart
-    horizons: tuple[int, ...] = (1, 4, 16, 64)
+    horizons: str = "1,4,16,64"  # frames ahead, comma-separated
     seed_start: int = EVAL_SEED_START
     teacher_steps: int = TeacherConfig.steps
     teacher_cfg: float = TeacherConfig.cfg_scale
@@ -87,7 +106,33 @@ class EvalConfig:
     out: str = "runs/eval"
     device: str = "auto"
     threads: int = 0  # torch CPU threads, 0: torch's default
+    probes: str = ",".join(PROBES)  # behaviour probes, comma-separated; "" skips them
+    probe_worlds: int = 1  # worlds each probe plays in (strips show the first)
+    probe_frames: int = 1001  # dreamt frames per probe for the students
+    teacher_probe_frames: int = 65  # for the teacher (about a second a frame on a CPU)
+    one_step_windows: int = 16  # teacher-forced one-step windows per world
+    segment_frames: int = 500  # realism of the long session per this many frames
+    video_seconds: float = 20.0  # side-by-side video of the mixed probe
+    seen_worlds: str | None = None  # trained-on worlds, "0-199"; default: the checkpoint's own
+    quick: bool = False  # the ablation subset: see QUICK
     json: bool = False  # print the result as one JSON object on stdout
+
+
+# what --quick changes: the stage table, the stand and walk probes, 1,000 frames of realism
+QUICK = {"seeds": 1, "rollouts": 1, "horizons": "1,4,16", "stability_frames": 1000,
+         "response_frames": 0, "probes": "stand,walk", "probe_frames": 65,
+         "teacher_probe_frames": 9, "one_step_windows": 8, "teacher_steps": 16,
+         "video_seconds": 0.0}
+
+
+def parse_horizons(text: str) -> list[int]:
+    try:
+        hs = sorted({int(h) for h in str(text).split(",") if h.strip()})
+    except ValueError:
+        raise ValueError(f"horizons take comma-separated integers, got {text!r}") from None
+    if not hs or hs[0] < 1:
+        raise ValueError(f"horizons must be positive frame counts, got {text!r}")
+    return hs
 
 
 # ---------------------------------------------------------------------------- stability
@@ -267,16 +312,18 @@ class Rollout:
     index: int  # rollout within the seed
     frames: np.ndarray  # uint8 [ctx + H, S, S, 3]: context, then the real future
     actions: list[Action]  # actions[i] led into frames[i]
+    states: list[dict] | None = None  # the game's state() at each frame
 
 
 def make_rollouts(cfg: EvalConfig, size: int, ctx: int, H: int) -> list[Rollout]:
     """Per seed, one explorer episode cut into `rollouts` windows, each H frames later."""
     out = []
     for seed in range(cfg.seed_start, cfg.seed_start + cfg.seeds):
-        frames, actions = play_game(seed, size, (cfg.rollouts - 1) * H + ctx + H)
+        ep = play(seed, size, (cfg.rollouts - 1) * H + ctx + H, "mixed", 1, seen=False)
         for r in range(cfg.rollouts):
             s = r * H
-            out.append(Rollout(seed, r, frames[s:s + ctx + H], actions[s:s + ctx + H]))
+            out.append(Rollout(seed, r, ep.frames[s:s + ctx + H], ep.actions[s:s + ctx + H],
+                               ep.states[s:s + ctx + H]))
     return out
 
 
@@ -379,6 +426,37 @@ def save_grid(rows: list[tuple[str, np.ndarray]], path: Path, scale: int = 1) ->
     img.save(path)
 
 
+def fmt(v, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_stage_table(rows: list[dict], h: int) -> str:
+    lines = [f"| stage | IDM forward acc | IDM yaw sign acc | one-step PSNR | PSNR@{h} | realism |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['stage']} | {fmt(row['forward_acc'])} | {fmt(row['yaw_sign_acc'])} | "
+                     f"{fmt(row['one_step_psnr'], '.2f')} | {fmt(row['psnr16'], '.2f')} | "
+                     f"{fmt(row['realism'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def probe_report(probes: dict, tag: str) -> list[str]:
+    lines = []
+    for probe, v in probes.items():
+        lines += [f"**{probe}** (controls' realism: " + ", ".join(f"{n} {x:.2f}" for n, x in v["controls"].items())
+                  + ")", "",
+                  "| stream | frames | PSNR@1 | @4 | @16 | @64 | realism | IDM forward acc | yaw sign acc | key acc |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for n, row in v["streams"].items():
+            ps = row.get("psnr", {})
+            lines.append(f"| {n} | {row['frames']} | " + " | ".join(fmt(ps.get(h), ".2f") for h in ("1", "4", "16", "64"))
+                         + f" | {row['realism']:.2f} | {fmt(row['idm']['forward_acc'])} | "
+                         f"{fmt(row['idm']['yaw_sign_acc'])} | {fmt(row['idm']['key_acc'])} |")
+        strips = [n for n in v["streams"] if n not in ("game", "baseline")]
+        lines += ["", " ".join(f"![{probe} {n}](strip_{tag}{probe}_{n}.png)" for n in strips), ""]
+    return lines
+
+
 def write_report(r: dict, rules: CollapseRules, path: Path) -> None:
     hs = [str(h) for h in r["horizons"]]
     names = [n for n in MODELS if n in r["psnr"]]
@@ -403,6 +481,31 @@ def write_report(r: dict, rules: CollapseRules, path: Path) -> None:
     lines += ["![PSNR](psnr.png) ![SSIM](ssim.png)", "",
               "First rollout, frames at the horizons (rows: " + ", ".join(["real"] + names[1:])
               + "): ![frames](rollout_frames.png)", ""]
+    lines += [
+        "## Stage table: where the picture and the controls are lost", "",
+        "IDM accuracies on consecutive frames of each stage (the forward key; the sign of commanded "
+        "turns); one-step: real context, one generated frame (teacher-forced, GameNGen's headline "
+        f"number), over {r['one_step']['windows']} windows; PSNR@{r['stage_table_horizon']}: the "
+        "explorer rollouts above; PSNR means are over MSE. Realism: the game's median distance to "
+        "real views near its poses over the stream's (1 = as real as the game; see below).", "",
+        format_stage_table(r["stage_table"], r["stage_table_horizon"]), ""]
+    ctrl = r["rollout_realism"]
+    lines += [f"Realism of the degenerate controls on the same rollouts: flat {ctrl['flat']:.2f}, tiled "
+              f"wall crop {ctrl['tiled']:.2f}, shuffled patches {ctrl['shuffled']:.2f}.", ""]
+    if "probes" in r:
+        lines += ["## Behaviour probes (what a player sees)", "",
+                  "Each strip: dream above game, frames 0 (the first dreamt) to the last. Realism per "
+                  "probe against views around the game's poses in that probe; the controls are made "
+                  "from the game's frames of the probe.", ""]
+        lines += probe_report(r["probes"], "")
+    if "seen" in r:
+        lines += ["## Worlds the checkpoint was trained on", "",
+                  f"Worlds {r['worlds']['seen']} of the declared ones, from a random pose (not the spawn "
+                  "where every training episode began) and, for the mixed probe, an explorer seeded "
+                  f"{EVAL_SEED_START} + world (collection seeds it with the world). One-step PSNR: "
+                  + ", ".join(f"{n} {fmt(v['psnr'], '.2f')}" for n, v in r["seen"]["one_step"]["streams"].items()
+                              if v["psnr"] is not None) + ".", ""]
+        lines += probe_report(r["seen"].get("probes", {}), "seen_")
     idm = r["idm"]
     val = idm["own_val"]
     lines += [
@@ -434,6 +537,11 @@ def write_report(r: dict, rules: CollapseRules, path: Path) -> None:
         f"{st['longest_frozen_run']} frames.", "",
         "Collapse rules (any one is enough):", ""]
     lines += [f"- {d}" for d in rules.describe()]
+    sr = st["realism"]
+    lines += [f"- **unreal**: the median realism of the last {rules.late_fraction:.0%} of the session's "
+              f"{len(sr['mid'])} segments is no higher than that of the tiled wall crop or of the shuffled "
+              f"patches (here {st['realism_late']:.2f} against {st['control_realism_late']:.2f}).", "",
+              "![realism](realism.png)", ""]
     lines += ["", "![stability](stability.png)", "",
               "Snapshots through the session (top: real game, bottom: student): "
               "![snapshots](stability_frames.png)", ""]
@@ -467,6 +575,7 @@ def fidelity(streams: dict, rollouts: list[Rollout], ctx: int, tok: Tokenizer, c
     idm_pred: dict[str, list[np.ndarray]] = {n: [] for n in ["real", *streams]}
     idm_act: list[np.ndarray] = []
     first: dict[str, np.ndarray] = {}
+    dist: dict[str, list[np.ndarray]] = {}  # realism distances per stream and control
     for k, ro in enumerate(rollouts):
         real = ro.frames[ctx:]
         shown = {"real": real}
@@ -485,10 +594,15 @@ def fidelity(streams: dict, rollouts: list[Rollout], ctx: int, tok: Tokenizer, c
             for name, gen in shown.items():
                 idm_pred[name].append(idm_model.predict(gen[:-1], gen[1:]))
             idm_act.append(stack(ro.actions[ctx + 1:]))
+        judge = RealismJudge.around(ro.seed, real.shape[1], ro.states[ctx:])
+        for name, frames in {**shown, **controls(real, ro.seed)}.items():
+            dist.setdefault(name, []).append(judge.distance(frames))
         if k == 0:
             first = shown
         log(f"rollout {k + 1}/{len(rollouts)} done")
-    return curves, idm_pred, idm_act, first
+    d_game = np.concatenate(dist["real"])
+    real_score = {n: realism(np.concatenate(d), d_game) for n, d in dist.items()}
+    return curves, idm_pred, idm_act, first, real_score
 
 
 # ---------------------------------------------------------------------------- response
@@ -544,15 +658,154 @@ def response(streams: dict, cfg: EvalConfig, size: int, ctx: int, tok: Tokenizer
     return {"frames": n, "worlds": list(worlds), "probes": names, "streams": out}
 
 
+# ---------------------------------------------------------------------------- one step, probes
+
+
+def one_step(streams: dict, worlds: list[int], seen: bool, cfg: EvalConfig, size: int, ctx: int,
+             tok: Tokenizer, idm_model: IDM) -> dict:
+    """Teacher-forced next frame: at `one_step_windows` places of an explorer episode per
+    world, the real `ctx` frames before, one generated frame. Per stream: PSNR (over MSE),
+    the IDM on (decoded frame before, generated frame), and realism."""
+    stride = 4
+    errs: dict[str, list[np.ndarray]] = {}
+    pairs: dict[str, tuple[list, list]] = {}
+    dist: dict[str, list[np.ndarray]] = {}
+    acts: list[np.ndarray] = []
+    for world in worlds:
+        n = ctx + stride * cfg.one_step_windows
+        ep = play(world, size, n, "mixed", 1, seen)
+        at = list(range(ctx, n, stride))
+        target = ep.frames[at]
+        recon = reconstruct(tok, ep.frames)
+        acts.append(stack([ep.actions[i] for i in at]))
+        judge = RealismJudge.around(world, size, [ep.states[i] for i in at])
+        shown = {"real": target}
+        for name, model in streams.items():
+            if name == "baseline":
+                gen = ep.frames[[i - 1 for i in at]]
+            elif name == "tokenizer":
+                gen = recon[at]
+            else:
+                gen = np.stack([stream_rollout(name, model, Rollout(world, 100 + k, ep.frames[i - ctx:i + 1],
+                                                                    ep.actions[i - ctx:i + 1]), ctx, tok, cfg)[0]
+                                for k, i in enumerate(at)])
+            shown[name] = gen
+            errs.setdefault(name, []).append(mse(gen, target))
+        for name, gen in shown.items():
+            # decoded frames before a decoded frame: a real/decoded pair would show the decoder
+            prev = ep.frames[[i - 1 for i in at]] if name in ("real", "baseline") else recon[[i - 1 for i in at]]
+            p = pairs.setdefault(name, ([], []))
+            p[0].append(idm_model.predict(prev, gen))
+            dist.setdefault(name, []).append(judge.distance(gen))
+    d_game = np.concatenate(dist["real"])
+    act = np.concatenate(acts)
+    out = {name: {"psnr": psnr_of_mse(np.concatenate(errs[name])) if name in errs else None,
+                  "realism": realism(np.concatenate(dist[name]), d_game),
+                  "idm": idm_summary(score(np.concatenate(pairs[name][0]), act))}
+           for name in shown}
+    log("one-step PSNR: " + ", ".join(f"{n} {v['psnr']:.2f}" for n, v in out.items() if v["psnr"]))
+    return {"worlds": worlds, "windows": len(act), "streams": out}
+
+
+def run_probes(streams: dict, worlds: list[int], seen: bool, cfg: EvalConfig, size: int, ctx: int,
+               tok: Tokenizer, idm_model: IDM, out: Path, tag: str) -> dict:
+    """Every probe in every world for every stream: PSNR at 1, 4, 16, 64 frames (mean over
+    MSE), realism, IDM scores; strips of the first world and a video of its mixed probe."""
+    names = [p.strip() for p in cfg.probes.split(",") if p.strip()]
+    fps = 20
+    result: dict = {}
+    for probe in names:
+        n_all = max(cfg.probe_frames, cfg.teacher_probe_frames if "teacher" in streams else 0)
+        errs: dict[str, list[np.ndarray]] = {}
+        dist: dict[str, list[np.ndarray]] = {}
+        ctrl_dist: dict[str, list[np.ndarray]] = {}
+        game_dist: dict[str, list[np.ndarray]] = {}
+        pairs: dict[str, tuple[list, list]] = {}
+        for wi, world in enumerate(worlds):
+            ep = play(world, size, ctx + n_all, probe, ctx, seen)
+            game = ep.frames[ctx:]
+            judge = RealismJudge.around(world, size, ep.states[ctx:])
+            d_game = judge.distance(game)
+            for name, frames in controls(game, world).items():
+                ctrl_dist.setdefault(name, []).append(judge.distance(frames))
+            game_dist.setdefault("all", []).append(d_game)
+            shown = {"game": game}
+            for name, model in streams.items():
+                n = cfg.teacher_probe_frames if name == "teacher" else cfg.probe_frames
+                t0 = time.monotonic()
+                gen = stream_rollout(name, model, Rollout(world, 200, ep.frames[:ctx + n], ep.actions[:ctx + n]),
+                                     ctx, tok, cfg)
+                shown[name] = gen
+                errs.setdefault(name, []).append(mse(gen, game[:n]))
+                dist.setdefault(name, []).append(judge.distance(gen))
+                game_dist.setdefault(name, []).append(d_game[:n])
+                if name not in ("baseline", "tokenizer"):
+                    log(f"  probe {tag}{probe} world {world}: {name} {n} frames in {time.monotonic() - t0:.1f}s")
+                if wi == 0 and name not in ("baseline",):
+                    save_strip(gen, game[:n], out / f"strip_{tag}{probe}_{name}.png",
+                               title=f"{name}, probe {probe}, world {world}"
+                                     f"{' (trained on)' if seen else ' (never trained on)'}")
+                    if probe == "mixed" and cfg.video_seconds > 0 and name != "tokenizer":
+                        save_side_by_side(gen, game[:n], out / f"video_{tag}{name}.mp4", fps, cfg.video_seconds)
+            for name, gen in shown.items():
+                p = pairs.setdefault(name, ([], []))
+                p[0].append(idm_model.predict(gen[:-1], gen[1:]))
+                p[1].append(stack(ep.actions[ctx + 1:ctx + len(gen)]))
+        d_all = np.concatenate(game_dist["all"])
+        rows = {"game": {"realism": 1.0, "frames": len(d_all) // len(worlds),
+                         "idm": idm_summary(score(np.concatenate(pairs["game"][0]), np.concatenate(pairs["game"][1])))}}
+        for name in streams:
+            e = np.stack([x[:min(map(len, errs[name]))] for x in errs[name]])  # (worlds, n)
+            rows[name] = {
+                "frames": e.shape[1],
+                "psnr": {str(h): psnr_of_mse(e[:, h - 1]) for h in (1, 4, 16, 64) if h <= e.shape[1]},
+                "realism": realism(np.concatenate(dist[name]), np.concatenate(game_dist[name])),
+                "idm": idm_summary(score(np.concatenate(pairs[name][0]), np.concatenate(pairs[name][1]))),
+            }
+        result[probe] = {"streams": rows,
+                         "controls": {n: realism(np.concatenate(d), d_all) for n, d in ctrl_dist.items()}}
+        log(f"probe {tag}{probe}: realism " + ", ".join(f"{n} {v['realism']:.2f}" for n, v in rows.items())
+            + " | controls " + ", ".join(f"{n} {v:.2f}" for n, v in result[probe]["controls"].items()))
+    return result
+
+
+STAGES = (("real frames", "real", None), ("tokenizer recon", "tokenizer", "tokenizer"),
+          ("teacher one-step", "teacher", None), ("teacher rollout", None, "teacher"),
+          ("init student", "student_init", "student_init"), ("student", "student", "student"),
+          ("repeat last frame", "baseline", "baseline"))
+
+
+def stage_table(step: dict, idm_streams: dict, psnr16: dict, rollout_realism: dict) -> list[dict]:
+    """Where picture and control are lost: per stage, IDM forward and yaw accuracy, one-step
+    and @16 PSNR, realism. A stage's one-step numbers come from the one-step test, its rollout
+    numbers from the explorer rollouts; a row with both shows the rollout's IDM and realism."""
+    rows = []
+    for label, one, roll in STAGES:
+        src = roll if roll is not None else one
+        if (one and one not in step["streams"]) or (roll and roll not in idm_streams):
+            continue
+        if label == "real frames":
+            idm, real_score = idm_summary(idm_streams["real"]), 1.0
+        elif roll is not None:
+            idm, real_score = idm_summary(idm_streams[roll]), rollout_realism.get(roll)
+        else:
+            idm, real_score = step["streams"][one]["idm"], step["streams"][one]["realism"]
+        rows.append({"stage": label, "stream": src,
+                     "forward_acc": idm["forward_acc"], "yaw_sign_acc": idm["yaw_sign_acc"],
+                     "one_step_psnr": step["streams"][one]["psnr"] if one and one != "real" else None,
+                     "psnr16": psnr16.get(roll) if roll else None, "realism": real_score})
+    return rows
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     t_start = time.monotonic()
+    if cfg.quick:
+        cfg = replace(cfg, **QUICK)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else (
         "cpu" if cfg.device == "auto" else cfg.device)
-    horizons = sorted(set(cfg.horizons))
-    if not horizons or horizons[0] < 1:
-        raise ValueError(f"horizons must be positive frame counts, got {cfg.horizons}")
+    horizons = parse_horizons(cfg.horizons)
     if cfg.seeds < 1 or cfg.rollouts < 1 or cfg.stability_frames < 2 or cfg.response_frames < 0:
         raise ValueError("need --seeds >= 1, --rollouts >= 1, --stability-frames >= 2 and "
                          "--response-frames >= 0")
@@ -593,7 +846,8 @@ def evaluate(cfg: EvalConfig) -> dict:
                                      **overrides)
 
     rollouts = make_rollouts(cfg, size, ctx, H)
-    curves, idm_pred, idm_act, first = fidelity(streams, rollouts, ctx, tok, cfg, idm_model)
+    curves, idm_pred, idm_act, first, rollout_realism = fidelity(streams, rollouts, ctx, tok, cfg,
+                                                                  idm_model)
 
     result: dict = {
         "checkpoint": str(folder), "checkpoint_hash": session.checkpoint_hash,
@@ -607,7 +861,9 @@ def evaluate(cfg: EvalConfig) -> dict:
         result[f"{metric}_std"] = {}
         for name, per in curves[metric].items():
             arr = np.stack(per)  # (rollouts, H)
-            result[metric][name] = {str(h): float(arr[:, h - 1].mean()) for h in horizons}
+            # PSNR: the mean over MSE (10^(-dB/10) is each frame's MSE), not over dB
+            result[metric][name] = {str(h): psnr_of_mse(10 ** (-arr[:, h - 1] / 10)) if metric == "psnr"
+                                    else float(arr[:, h - 1].mean()) for h in horizons}
             result[f"{metric}_std"][name] = {str(h): float(arr[:, h - 1].std()) for h in horizons}
     result["curves"] = {m: {n: np.stack(v).mean(0).round(4).tolist() for n, v in c.items()}
                         for m, c in curves.items()}
@@ -620,6 +876,22 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     if cfg.response_frames:
         result["response"] = response(streams, cfg, size, ctx, tok)
+
+    result["rollout_realism"] = rollout_realism
+    unseen = list(range(cfg.seed_start, cfg.seed_start + cfg.seeds))
+    declared = parse_worlds(cfg.seen_worlds) if cfg.seen_worlds else session.worlds
+    result["worlds"] = {"declared": declared, "unseen": unseen,
+                        "seen": (declared or [])[:cfg.seeds]}
+    result["one_step"] = one_step(streams, unseen, False, cfg, size, ctx, tok, idm_model)
+    probe_worlds = unseen[:cfg.probe_worlds]
+    if cfg.probes:
+        result["probes"] = run_probes(streams, probe_worlds, False, cfg, size, ctx, tok, idm_model, out, "")
+    if declared:
+        seen = result["worlds"]["seen"]
+        result["seen"] = {"one_step": one_step(streams, seen, True, cfg, size, ctx, tok, idm_model)}
+        if cfg.probes and not cfg.quick:  # --quick: one-step only in the trained-on worlds
+            result["seen"]["probes"] = run_probes(streams, seen[:cfg.probe_worlds], True, cfg, size, ctx,
+                                                  tok, idm_model, out, "seen_")
 
     rules = CollapseRules()
     stab, long_pairs = stability(session, cfg, ctx, idm_model, rules, out)
@@ -638,6 +910,10 @@ def evaluate(cfg: EvalConfig) -> dict:
         "key_chance": real["key_chance"], "checkpoint": cfg.idm,
         "own_val": idm_meta.get("val", {}), "streams": scores,
     }
+    h16 = "16" if "16" in result["psnr"].get("student", {}) else str(horizons[-1])
+    result["stage_table_horizon"] = int(h16)
+    result["stage_table"] = stage_table(result["one_step"], scores,
+                                        {n: v[h16] for n, v in result["psnr"].items()}, rollout_realism)
     result["settings"] = {k: (list(v) if isinstance(v, tuple) else v)
                           for k, v in asdict(cfg).items()}
     result["time_s"] = round(time.monotonic() - t_start, 1)
@@ -645,6 +921,47 @@ def evaluate(cfg: EvalConfig) -> dict:
     write_report(result, rules, out / "report.md")
     log(f"wrote {out / 'eval.json'}, {out / 'report.md'} and plots ({result['time_s']:.0f}s)")
     return result
+
+
+def segment_realism(world: int, size: int, real: np.ndarray, model: np.ndarray, states: list[dict],
+                    segment: int) -> dict:
+    """Realism of the model's frames and of the degenerate controls per `segment` frames,
+    each against a bank of real views around the game's poses in that segment."""
+    out: dict[str, list] = {"mid": [], "student": [], "flat": [], "tiled": [], "shuffled": []}
+    for a in range(0, len(real), segment):
+        b = min(len(real), a + segment)
+        if b - a < 2:
+            continue
+        judge = RealismJudge.around(world, size, states[a:b], seed=a)
+        d_game = judge.distance(real[a:b])
+        out["mid"].append((a + b) / 2)
+        out["student"].append(realism(judge.distance(model[a:b]), d_game))
+        for name, frames in controls(real[a:b], a).items():
+            out[name].append(realism(judge.distance(frames), d_game))
+    return out
+
+
+def plot_realism(segs: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.axhline(1.0, color="tab:gray", lw=1.5, label="real game")
+    for name, style in (("student", dict(color="tab:blue", lw=2, marker="o", ms=3)),
+                        ("tiled", dict(color="tab:red", ls="--")), ("shuffled", dict(color="tab:orange", ls="--")),
+                        ("flat", dict(color="tab:brown", ls=":"))):
+        ax.plot(segs["mid"], segs[name], label=name if name == "student" else f"control: {name}", **style)
+    ax.set_xlabel("frame")
+    ax.set_ylabel("realism (game = 1)")
+    ax.set_ylim(0, max(1.2, max(max(v) for k, v in segs.items() if k != "mid" and v) * 1.05))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=3)
+    ax.set_title("realism per segment of the long session")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def stability(session: WorldSession, cfg: EvalConfig, ctx: int, idm_model: IDM,
@@ -661,6 +978,8 @@ def stability(session: WorldSession, cfg: EvalConfig, ctx: int, idm_model: IDM,
         actions.append(a)
     session.reset(np.stack(frames), actions, seed=seed)
     real_s, model_s = FrameStats(), FrameStats()
+    states: list[dict] = []
+    kept: dict[str, list[np.ndarray]] = {"real": [], "student": []}
     yaw = np.zeros(n)
     snap_at = set(np.linspace(0, n - 1, 8).astype(int).tolist())
     snaps: dict[str, list[np.ndarray]] = {"real": [], "student": []}
@@ -683,6 +1002,9 @@ def stability(session: WorldSession, cfg: EvalConfig, ctx: int, idm_model: IDM,
         a = player.act(game)
         shown = {"real": game.step(a), "student": session.step(a)}
         yaw[t] = a.yaw
+        states.append(game.state())
+        kept["real"].append(shown["real"])
+        kept["student"].append(shown["student"])
         real_s.add(shown["real"])
         model_s.add(shown["student"])
         for name, f in shown.items():
@@ -698,6 +1020,16 @@ def stability(session: WorldSession, cfg: EvalConfig, ctx: int, idm_model: IDM,
     flush()
     real, student = real_s.arrays(), model_s.arrays()
     verdict = collapse_verdict(student, real, yaw, rules)
+    segs = segment_realism(seed, session.size, np.stack(kept["real"]), np.stack(kept["student"]),
+                           states, cfg.segment_frames)
+    late = [i for i, m in enumerate(segs["mid"]) if m >= n * (1 - rules.late_fraction)] or [len(segs["mid"]) - 1]
+    verdict["realism_late"] = float(np.median([segs["student"][i] for i in late]))
+    verdict["control_realism_late"] = float(max(np.median([segs[c][i] for i in late])
+                                                for c in ("tiled", "shuffled")))
+    if verdict["realism_late"] <= verdict["control_realism_late"]:
+        verdict["reasons"].append("unreal")
+        verdict["collapsed"] = True
+    plot_realism(segs, out / "realism.png")
     ref_hist = real["hist"].mean(0)
     plot_stability(student, real, ref_hist, out / "stability.png")
     save_grid([("real", np.stack(snaps["real"])), ("student", np.stack(snaps["student"]))],
@@ -707,7 +1039,7 @@ def stability(session: WorldSession, cfg: EvalConfig, ctx: int, idm_model: IDM,
         return {k: float(np.nanmedian(s[k])) for k in ("brightness", "contrast", "sharpness")} | {
             "hist_distance": float(np.median(hist_distance(s["hist"], ref_hist)))}
 
-    result = {"frames": n, "seed": seed, **verdict, "rules": asdict(rules),
+    result = {"frames": n, "seed": seed, **verdict, "rules": asdict(rules), "realism": segs,
               "median": {"student": summary(student), "real": summary(real)},
               "curves": {name: {k: s[k].round(3).tolist() for k in ("brightness", "contrast", "sharpness")}
                          | {"hist_distance": hist_distance(s["hist"], ref_hist).round(4).tolist()}
@@ -718,28 +1050,49 @@ def stability(session: WorldSession, cfg: EvalConfig, ctx: int, idm_model: IDM,
     return result, long_pairs
 
 
+HELPS = {
+    "checkpoint": "world-model folder (or name under assets/)",
+    "teacher": "teacher checkpoint stem (runs/teacher/model)",
+    "student_init": "the initialised student: a world-model folder or runs/student-init/model",
+    "tokenizer": "tokenizer stem (default: the checkpoint's)",
+    "seeds": f"worlds never trained on, from --seed-start (>= {EVAL_SEED_START})",
+    "rollouts": "explorer context windows per world",
+    "horizons": "frames ahead to report, comma-separated",
+    "stability_frames": "frames of the long student session",
+    "response_frames": "frames per probe action (none, forward, yaw+, yaw-) in the "
+                       "counterfactual test; 0 skips it",
+    "idm": "inverse-dynamics model stem (trained there if absent)",
+    "train_idm": "train the IDM even if one exists",
+    "idm_steps": "IDM training steps (0: the preset's)",
+    "out": "folder for eval.json, report.md, strips and plots",
+    "threads": "torch CPU threads (0: torch's default)",
+    "probes": f"behaviour probes, comma-separated, of {','.join(PROBES)}",
+    "seen_worlds": "worlds the checkpoint was trained on, as 0-199 or 3,5 (default: the "
+                   "worlds its student.json declares)",
+    "json": "print the result as one JSON object on stdout",
+    "quick": "the ablation subset in minutes: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()),
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_config_arguments(p, EvalConfig(), choices={
-        "idm_preset": sorted(IDM_PRESETS), "device": ["auto", "cpu", "cuda"]}, helps={
-        "checkpoint": "world-model folder (or name under assets/)",
-        "teacher": "teacher checkpoint stem (runs/teacher/model)",
-        "student_init": "the initialised student: a world-model folder or runs/student-init/model",
-        "tokenizer": "tokenizer stem (default: the checkpoint's)",
-        "seeds": f"held-out worlds from {EVAL_SEED_START}",
-        "rollouts": "context windows per world", "horizons": "frames ahead to report",
-        "response_frames": "frames per probe action (none, forward, yaw+, yaw-) in the "
-                           "counterfactual test; 0 skips it",
-        "idm": "inverse-dynamics model stem (trained there if absent)",
-        "train_idm": "train the IDM even if one exists", "idm_steps": "IDM training steps (0: preset)",
-        "out": "folder for eval.json, report.md and plots", "threads": "torch CPU threads (0: default)",
-        "json": "print the result as one JSON object on stdout"})
+    flags.add_config_arguments(p, EvalConfig(), helps=HELPS,
+                               choices={"device": ["auto", "cpu", "cuda"], "idm_preset": sorted(IDM_PRESETS)})
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    return flags.config_from_args(EvalConfig, args)
 
 
 def main(args: argparse.Namespace) -> int:
-    r = evaluate(config_from_args(EvalConfig, args))
+    try:
+        r = evaluate(config_from_args(args))
+    except ValueError as e:
+        raise SystemExit(f"wm eval: {e}") from None
     if args.json:
         print(json.dumps(r))
         return 0
+    print(f"stage table ({len(r['seeds'])} world(s) never trained on)")
+    print(format_stage_table(r["stage_table"], r["stage_table_horizon"]))
     hs = [str(h) for h in r["horizons"]]
     print(f"PSNR (dB) at {', '.join(hs)} frames ahead ({len(r['seeds'])} held-out worlds)")
     for n in MODELS:
@@ -752,5 +1105,7 @@ def main(args: argparse.Namespace) -> int:
     s = r["stability"]
     print(f"stability over {s['frames']} frames: "
           + ("collapsed (" + ", ".join(s["reasons"]) + ")" if s["collapsed"] else "not collapsed"))
-    print(f"report: {Path(args.out) / 'report.md'}")
+    print(f"realism over the long session, late window: student {s['realism_late']:.2f}, best "
+          f"wallpaper/shuffled control {s['control_realism_late']:.2f} (game 1.00)")
+    print(f"report: {Path(args.out) / 'report.md'}; {r['time_s']:.0f} s")
     return 0

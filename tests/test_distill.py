@@ -269,6 +269,10 @@ def test_distill_end_to_end(tmp_path):
                "--out", world)
     session = WorldSession.from_checkpoint(world)
     assert session.sampler.cfg == StudentConfig(window=3, context_length=2)
+    assert session.worlds is None  # not declared: any procedural world
+    wm_distill("pack", "--student", dmd_dir / "model", "--tokenizer", tmp_path / "tok",
+               "--out", tmp_path / "world-few", "--worlds", "0-2,7")
+    assert WorldSession.from_checkpoint(tmp_path / "world-few").worlds == [0, 1, 2, 7]
     session.reset(np.zeros((3, 32, 32, 3), np.uint8))
     for a in (Action(), Action(forward=True), Action(yaw=0.5)):
         frame = session.step(a)
@@ -302,7 +306,8 @@ def test_every_command_builds_its_flags_from_its_config():
     parser = argparse.ArgumentParser()
     wm_eval.add_arguments(parser)
     cfg = flags.config_from_args(wm_eval.EvalConfig, parser.parse_args(["--horizons", "1,4"]))
-    assert cfg.horizons == (1, 4) and cfg.teacher_steps == TeacherConfig.steps
+    assert wm_eval.parse_horizons(cfg.horizons) == [1, 4]
+    assert cfg.teacher_steps == TeacherConfig.steps
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     cfg = flags.config_from_args(bench.BenchConfig, parser.parse_args(["--separate-write", "--json"]))

@@ -94,7 +94,9 @@ def test_bench_table(tmp_path, capsys):
 def eval_args(tmp_path, ck, *extra):
     return ["eval", "--checkpoint", ck, "--seeds", 1, "--rollouts", 1, "--horizons", "1,4",
             "--stability-frames", 50, "--idm", tmp_path / "idm" / "model", "--idm-preset", "tiny",
-            "--idm-steps", 20, "--out", tmp_path / "eval", "--threads", 1, "--json", *extra]
+            "--idm-steps", 20, "--out", tmp_path / "eval", "--threads", 1, "--probes", "stand,walk",
+            "--probe-frames", 18, "--teacher-probe-frames", 3, "--one-step-windows", 2,
+            "--segment-frames", 25, "--video-seconds", 0.5, "--json", *extra]
 
 
 def test_eval_json(tmp_path, capsys):
@@ -117,6 +119,25 @@ def test_eval_json(tmp_path, capsys):
     assert "collapse rules" in (tmp_path / "eval" / "report.md").read_text().lower()
     assert (tmp_path / "idm" / "model.safetensors").is_file()  # trained since it was absent
 
+    # pictures first: a strip per probe and stream, the realism of the long session per segment
+    for f in ("strip_stand_student.png", "strip_walk_student.png", "strip_walk_tokenizer.png",
+              "realism.png"):
+        assert (tmp_path / "eval" / f).is_file(), f
+    assert [row["stage"] for row in r["stage_table"]] == [
+        "real frames", "tokenizer recon", "student", "repeat last frame"]
+    assert r["stage_table"][0]["realism"] == 1.0
+    for row in r["stage_table"][1:]:
+        assert math.isfinite(row["one_step_psnr"]) and row["realism"] > 0, row
+    assert set(r["probes"]) == {"stand", "walk"}
+    stand = r["probes"]["stand"]["streams"]
+    assert set(stand["student"]["psnr"]) == {"1", "4", "16"} and stand["student"]["frames"] == 18
+    # standing still, repeating the last real frame is exact
+    assert stand["baseline"]["psnr"]["1"] == 100.0
+    segs = r["stability"]["realism"]
+    assert len(segs["mid"]) == 2 and all(v > 0 for v in segs["student"])
+    assert r["worlds"]["declared"] is None and "seen" not in r
+    assert "Stage table" in (tmp_path / "eval" / "report.md").read_text()
+
     # the baseline, computed here from the game alone: repeat the last context frame
     ctx = r["context"]
     frames, _ = explore(EVAL_SEED_START, 32, ctx + 4)
@@ -133,6 +154,12 @@ def test_eval_with_teacher_and_student_init(tmp_path, capsys, tiny_pipeline):
                                     "--student-init", init, "--stability-frames", 20))
     assert set(r["psnr"]) == {"baseline", "tokenizer", "teacher", "student_init", "student"}
     assert r["psnr"]["student_init"] != r["psnr"]["student"]  # another model, other frames
+    assert [row["stage"] for row in r["stage_table"]] == [
+        "real frames", "tokenizer recon", "teacher one-step", "teacher rollout", "init student",
+        "student", "repeat last frame"]
+    assert r["probes"]["walk"]["streams"]["teacher"]["frames"] == 3
+    for name in ("teacher", "student_init", "student"):
+        assert (tmp_path / "eval" / f"strip_stand_{name}.png").is_file(), name
     assert "teacher" in r["idm"]["streams"] and "student_init" in r["idm"]["streams"]
 
 
@@ -243,8 +270,12 @@ def test_counterfactual_response_of_the_game_and_of_a_frozen_picture(tmp_path, c
         assert all(math.isfinite(v) for v in resp["streams"]["student"]["psnr"][p].values())
     assert all(-1 <= v <= 1 for v in resp["streams"]["student"]["effect_corr"].values())
     assert "Counterfactual actions" in (tmp_path / "eval" / "report.md").read_text()
-    r = run_json(capsys, *eval_args(tmp_path, ck, "--response-frames", 0))
+    r = run_json(capsys, *eval_args(tmp_path, ck, "--response-frames", 0, "--seen-worlds", "3-4"))
     assert "response" not in r
+    # declared worlds are measured apart: from a pose that is not the spawn of their training episodes
+    assert r["worlds"]["seen"] == [3] and r["worlds"]["unseen"] == [EVAL_SEED_START]
+    assert set(r["seen"]["probes"]) == {"stand", "walk"}
+    assert (tmp_path / "eval" / "strip_seen_walk_student.png").is_file()
 
 
 def test_effect_corr_sees_the_direction_of_a_shift():

@@ -134,6 +134,7 @@ class StudentMeta:
     fps: int = Game.fps
     tokenizer_hash: str | None = None
     sidecar: dict[str, Any] = field(default_factory=dict)
+    worlds: list[int] | None = None  # the game seeds it was trained on; None: any world
 
 
 TEACHER_KINDS = ("teacher", "causal_teacher")
@@ -173,5 +174,6 @@ def load_student(stem: str | Path, device: str | torch.device = "cpu") -> tuple[
     `model.*` of a `wm distill init|dmd` run."""
     tensors, meta = _read(stem, device, STUDENT_KINDS, "student")
     m = StudentMeta(DiTConfig(**meta["model"]), StudentConfig(**meta["sampler"]), meta["kind"],
-                    int(meta.get("fps", Game.fps)), meta.get("tokenizer_hash"), meta)
+                    int(meta.get("fps", Game.fps)), meta.get("tokenizer_hash"), meta,
+                    None if meta.get("worlds") is None else [int(w) for w in meta["worlds"]])
     return _ready(DiT(m.model), tensors, device), m

@@ -96,7 +96,7 @@ class WorldSession:
             card = json.loads((folder / "card.json").read_text())
         return cls(tokenizer, student, meta.sampler, name=folder.name,
                    checkpoint_hash=h.hexdigest(), card=card | {"student": meta.sidecar},
-                   fps=meta.fps, worlds=meta.sidecar.get("worlds"))
+                   fps=meta.fps, worlds=meta.worlds)
 
     def _check_frames(self, frames) -> np.ndarray:
         # one memory layout whatever the caller's: the encoder's arithmetic, and so every
