@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -122,11 +123,18 @@ def test_script_parsing():
         parse_script("fly:3")
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on now, so that two test runs never share one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tiny_pipeline, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29533", "-m", "distill.train", "teacher",
+           "--master_port", str(free_port()), "-m", "distill.train", "teacher",
            "--data", str(tiny_pipeline.data), "--tokenizer", str(tiny_pipeline.tokenizer),
            "--out", str(out), "--model", "tiny", "--clip-len", "4", "--batch-size", "2",
            "--steps", "4", "--workers", "0", "--ckpt-every", "2"]
