@@ -6,7 +6,10 @@
 
 A dream recording is regenerated with `WorldSession` from its checkpoint (the hash must
 match), its context (context.u8 + meta["context"]["actions"]), its seed and its actions; a
-recording of the real game (source "game") with `Game` from its seed and start state. Exact equality is
+recording of the real game (source "game") with `Game` from its seed and start state. A dream
+served by `wm play` was one row of a `BatchedWorld`; meta["sampling"]["batch_rows"] says how
+many rows its batches had, and the replay runs a world of that many rows, since a session's
+frames depend on that shape and on nothing else about its batch mates. Exact equality is
 expected on the device it was recorded on.
 """
 
@@ -59,6 +62,7 @@ def replay(
     ep = Episode(path)
     meta = ep.meta
     actions = read_actions_exact(path, len(ep))
+    world = None  # the BatchedWorld a served dream is replayed on
     if meta.get("source") == "game":
         from worldmodel.game import Game
 
@@ -82,6 +86,12 @@ def replay(
                 f"checkpoint {session.name!r} has hash {session.checkpoint_hash[:12]}, but the "
                 f"recording was made with {recorded['hash'][:12]}: pass --checkpoint"
             )
+        rows = (meta.get("sampling") or {}).get("batch_rows")
+        if rows:
+            from worldmodel.scheduler import BatchedWorld
+
+            world = BatchedWorld(session, rows=int(rows))
+            session = world.session()
         context, context_actions = load_context(path, meta)
         session.reset(context, context_actions, seed=int(meta["seed"]))
 
@@ -89,14 +99,18 @@ def replay(
             return session.step(action)
 
     matching, max_diff, first = 0, 0, None
-    for i, action in enumerate(tqdm(actions, desc="replay", unit="frame", disable=None)):
-        frame = generate(i, action)
-        diff = int(np.abs(frame.astype(np.int16) - ep.frames[i].astype(np.int16)).max())
-        max_diff = max(max_diff, diff)
-        if diff == 0:
-            matching += 1
-        elif first is None:
-            first = i
+    try:
+        for i, action in enumerate(tqdm(actions, desc="replay", unit="frame", disable=None)):
+            frame = generate(i, action)
+            diff = int(np.abs(frame.astype(np.int16) - ep.frames[i].astype(np.int16)).max())
+            max_diff = max(max_diff, diff)
+            if diff == 0:
+                matching += 1
+            elif first is None:
+                first = i
+    finally:
+        if world is not None:
+            world.close()
     return ReplayResult(len(actions), matching, max_diff, first)
 
 

@@ -34,6 +34,7 @@ so its frames agree with a batched session's within float tolerance, not bit for
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import Future
@@ -370,3 +371,45 @@ def sessions_at_rate(template: WorldSession, target_fps: float | None = None,
         tried[mid] = lockstep_fps(template, mid, ticks)
         good, bad = (mid, bad) if tried[mid] >= target else (good, mid)
     return good, dict(sorted(tried.items()))
+
+
+def capacity_cache_key(template: WorldSession, target_fps: float) -> str:
+    """What a measured capacity depends on: the network, the device, the threads, the pace."""
+    dev = template.device
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    return f"{template.checkpoint_hash[:16]}|{dev.type}|{name}|torch {torch.__version__}|{target_fps:g}fps"
+
+
+def device_capacity(template: WorldSession, target_fps: float | None = None, *,
+                    floor: int = 1, ceiling: int | None = None, cache: Path | None = None,
+                    ticks: int = 10) -> tuple[int, str]:
+    """Sessions to serve on this device: `sessions_at_rate`, kept within [floor, ceiling]
+    (ceiling: 16 on CPU, 64 on an accelerator), read from `cache` (a JSON file) when this
+    checkpoint, device and pace were measured before. Returns the count and how it was
+    found, for the log."""
+    target = float(template.fps if target_fps is None else target_fps)
+    ceiling = (16 if template.device.type == "cpu" else 64) if ceiling is None else ceiling
+    key = capacity_cache_key(template, target)
+    known: dict[str, Any] = {}
+    if cache is not None and cache.is_file():
+        try:
+            known = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            known = {}
+    if isinstance(known.get(key), dict):
+        held, how = int(known[key]["sessions"]), f"measured before ({cache})"
+    else:
+        held, tried = sessions_at_rate(template, target, max_rows=ceiling, ticks=ticks)
+        rates = ", ".join(f"{n}: {fps:.1f}" for n, fps in tried.items())
+        how = f"measured now (frames/s per player at each count: {rates})"
+        if cache is not None:
+            known[key] = {"sessions": held, "fps_per_player": tried}
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(".tmp")
+                tmp.write_text(json.dumps(known, indent=1))
+                tmp.replace(cache)
+            except OSError:
+                pass  # a cache that cannot be written costs a measurement next time
+    chosen = min(max(held, floor), ceiling)
+    return chosen, f"{held} sessions keep {target:g} frames/s each, {how}; serving {chosen}"
