@@ -155,8 +155,9 @@ class Pacer:
 
     def held(self, seconds: float) -> None:
         """The frame due now started `seconds` late, held back to run in one batch with
-        other players' steps: count the next from then, so that the players' steps keep
-        arriving together instead of each at a phase of its own."""
+        other players' steps that then came: count the next from then, so that the players'
+        steps keep arriving together instead of each at a phase of its own. (Not after a
+        wait that ran out on a slow player: that would slow this one down as well.)"""
         self.deadline += seconds
 
 
@@ -302,7 +303,9 @@ class Play:
             action, seq = self.inputs.take()
         frame = self.world.step(action)
         ms = float(self.world.last_timings.get("total_ms", 0.0))
-        self.pacer.held(float(self.world.last_timings.get("wait_ms", 0.0)) / 1000)
+        timings = self.world.last_timings
+        if timings.get("all_in"):  # held back for batch mates who came, not for a slow one
+            self.pacer.held(float(timings.get("wait_ms", 0.0)) / 1000)
         self.frame += 1
         self.history.append((frame, action))
         if self.recording is not None:

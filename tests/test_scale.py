@@ -12,10 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -206,3 +208,36 @@ def test_device_capacity_is_measured_once_and_kept_within_bounds(checkpoint, tmp
     # not even one session keeps the pace: the floor still serves one
     held, how = device_capacity(template, 1e9, ceiling=3, cache=cache, ticks=2)
     assert held == 1 and how.startswith("0 sessions")
+
+
+def test_a_tick_says_whether_everyone_came(checkpoint):
+    """The pacing of a play session follows the batched ticks only after a wait that ended
+    with every player in (timings["all_in"]), never after one that ran out on a slow player."""
+    from app.play import Pacer
+    from worldmodel.actions import Action
+    from worldmodel.scheduler import BatchedWorld
+    from worldmodel.session import WorldSession
+
+    template = WorldSession.from_checkpoint(checkpoint)
+    frames0 = np.zeros((template.context_length, template.size, template.size, 3), np.uint8)
+    with BatchedWorld(template, 2, max_wait_s=0.3, idle_s=5.0) as world:
+        a, b = world.session(), world.session()
+        for s in (a, b):
+            s.reset(frames0)
+        fa, fb = a.submit(Action()), b.submit(Action())
+        fa.result(), fb.result()
+        fa = a.submit(Action())
+        time.sleep(0.1)  # b comes, late
+        fb = b.submit(Action())
+        fa.result(), fb.result()
+        assert a.last_timings["all_in"] and a.last_timings["batch"] == 2
+        assert a.last_timings["wait_ms"] >= 90
+        # b plays on (its last frame is recent) but does not ask: a's wait runs out
+        t0 = time.perf_counter()
+        a.step(Action())
+        assert not a.last_timings["all_in"] and a.last_timings["batch"] == 1
+        assert time.perf_counter() - t0 >= 0.29
+    pacer = Pacer(20.0)
+    due = pacer.deadline
+    pacer.held(0.1)
+    assert pacer.deadline == pytest.approx(due + 0.1)

@@ -189,17 +189,18 @@ class BatchedWorld:
                     self._pending.clear()
                     return
                 deadline = min(r.submitted for r in self._pending.values()) + self.max_wait_s
-                while not self._closed and not self._everyone_in(time.perf_counter()):
+                while not (all_in := self._everyone_in(time.perf_counter())) and not self._closed:
                     left = deadline - time.perf_counter()
                     if left <= 0:
                         break
                     self._cond.wait(left)
                 batch, self._pending = self._pending, {}
             if batch:
-                self._tick(batch)
+                self._tick(batch, all_in)
 
     @torch.no_grad()
-    def _tick(self, batch: dict[int, _Request]) -> None:
+    def _tick(self, batch: dict[int, _Request], all_in: bool = True) -> None:
+        """all_in: the tick waited until every playing session was in, not for max_wait_s."""
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
             with self._model_lock:
@@ -216,7 +217,7 @@ class BatchedWorld:
             req.session._deliver(req, list(frames[row]), {
                 "model_ms": (t1 - t0) * 1e3, "decode_ms": (t2 - t1) * 1e3,
                 "tick_cpu_ms": cpu * 1e3, "wait_ms": (t0 - req.submitted) * 1e3,
-                "batch": len(batch), "rows": self.group})
+                "batch": len(batch), "rows": self.group, "all_in": all_in})
 
     def _generate(self, batch: dict[int, _Request]) -> tuple[dict[int, np.ndarray], float]:
         """One tick: each stepped row's (chunk, H, W, 3) uint8 frames, and the time the
