@@ -7,7 +7,9 @@ ends:
 
     receive   JSON messages -> validated (app.protocol) -> the session's input / controls
     produce   at the session's pace (Play.pacer): step the world on the connection's own
-              worker thread, put the encoded frames into the slot
+              worker thread (a model's step waits there for the batched tick that carries
+              it: every player is a session of one BatchedWorld, app.play.load_world), put
+              the encoded frames into the slot
     send      slot -> websocket; the slot holds only the newest frames, so a slow client
               skips frames instead of building a backlog, and sending never blocks a step
 
