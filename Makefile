@@ -9,7 +9,7 @@ HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 TORCH_PIN := $(if $(HAS_CUDA),torch,torch==2.13.0)
 ARGS ?=
 
-.PHONY: play test lint setup browser clean
+.PHONY: play test lint setup browser nginx clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,14 @@ browser:
 	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) browser
+# nginx from Debian's packages, for the scale-out test (tests/test_scale.py) and
+# `wm play --workers N`; the test runs it as a plain foreground process, not as a service.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+	  echo "installing Debian's nginx-light for the scale-out test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; }
+
+test: $(STAMP) browser nginx
 	$(PY) -m pytest -q $(ARGS)
 
 lint: $(STAMP)

@@ -19,7 +19,8 @@ class ServeConfig:
     game: bool = False  # serve the real game instead of a model
     size: int = 64  # frame side of the real game with --game
     token: str | None = None
-    max_sessions: int | None = None  # None: 2 on CPU, 4 on an accelerator
+    max_sessions: int | None = None  # None: what the device holds at the play rate, measured
+    capacity_cache: Path = Path("~/.cache/worldmodel/capacity.json")  # that measurement, kept
     recordings: Path = Path("recordings")
     fps: float | None = None  # cap on frames per second; None: the world's own fps
     allow_origin: tuple[str, ...] = ()  # besides the server's own origin
@@ -28,7 +29,7 @@ class ServeConfig:
     mouse_px_per_unit: float = 60.0  # mouse pixels in one frame that make a full-speed turn
     arrow_rate: float = 0.5  # yaw/pitch while an arrow key is held
     record_video: bool = True
-    threads: int | None = None  # torch threads on CPU; None: the cores shared among sessions
+    threads: int | None = None  # torch threads on CPU; None: every core
     reset_rate: float = 2.0  # resets per second (each costs a prefill), bursts of the same size
     flood_close_s: float = 5.0  # close a client that sends twice the rate limit this long
     read_stall_s: float = 2.0  # stop generating while a client answers no ping this long
@@ -39,11 +40,11 @@ class ServeConfig:
     max_recordings_mb: float = 10240.0  # megabytes all recordings may take
 
     def __post_init__(self) -> None:
-        if self.max_sessions is None:
-            self.max_sessions = 2 if self.device == "cpu" else 4
         if self.threads is None:
-            self.threads = max(1, (os.cpu_count() or 1) // self.max_sessions)
+            # all sessions step on the one scheduler thread of their BatchedWorld
+            self.threads = os.cpu_count() or 1
         self.recordings = Path(self.recordings)
+        self.capacity_cache = Path(self.capacity_cache).expanduser()
         self.allow_origin = tuple(self.allow_origin)
         if self.token is not None and not self.token:
             raise ValueError("an empty --token would let anyone in; give a real one or none")

@@ -18,6 +18,7 @@ recording need no lock. Messages come back as dicts with a "type" (docs/protocol
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -65,6 +66,9 @@ class World(Protocol):
     @property
     def threads(self) -> int | None: ...  # CPU threads its frames depend on (kept for replay)
 
+    @property
+    def sampling(self) -> dict[str, Any]: ...  # what replay must match: {"batch_rows": ...}
+
     def reset(self, context_frames: np.ndarray, context_actions: Sequence[Action] | None = None,
               seed: int = 0) -> None: ...
 
@@ -91,6 +95,10 @@ class GameSession:
         self.last_timings = {"model_ms": 0.0, "decode_ms": 0.0, "total_ms": 0.0}
         self._game: Game | None = None
 
+    @property
+    def sampling(self) -> dict[str, Any]:
+        return {}  # the game replays from its seed and state alone
+
     def reset(self, context_frames: Any, context_actions: Any = None, seed: int = 0) -> None:
         self._game = Game(seed, self.size)
         self._game.reset()
@@ -110,14 +118,26 @@ class GameSession:
 
 
 def load_world(cfg: ServeConfig) -> tuple[Callable[[], World], World]:
-    """(factory, first world). Raises FileNotFoundError when the checkpoint is missing."""
+    """(factory, first world). A model's worlds are sessions of one `BatchedWorld` of
+    cfg.max_sessions rows, so all players of this process share one batched forward per
+    denoising step; when cfg.max_sessions is None it is set here to what the device holds at
+    the play rate (`device_capacity`, cached in cfg.capacity_cache). Raises
+    FileNotFoundError when the checkpoint is missing."""
     if cfg.game:
         factory: Callable[[], World] = lambda: GameSession(cfg.size)  # noqa: E731
-    else:
-        from worldmodel.session import WorldSession
+        if cfg.max_sessions is None:
+            cfg.max_sessions = 2 * (os.cpu_count() or 1)  # the game costs next to nothing
+        return factory, factory()
+    from worldmodel.scheduler import BatchedWorld, device_capacity
+    from worldmodel.session import WorldSession
 
-        factory = lambda: WorldSession.from_checkpoint(cfg.checkpoint, device=cfg.device)  # noqa: E731
-    return factory, factory()
+    template = WorldSession.from_checkpoint(cfg.checkpoint, device=cfg.device)
+    if cfg.max_sessions is None:
+        cfg.max_sessions, how = device_capacity(template, cfg.fps or template.fps,
+                                                cache=cfg.capacity_cache)
+        log.info("wm play: --max-sessions %d: %s", cfg.max_sessions, how)
+    world = BatchedWorld(template, rows=cfg.max_sessions)
+    return world.session, world.session()
 
 
 def frame_rate(cfg: ServeConfig, world: World) -> float:
@@ -143,6 +163,13 @@ class Pacer:
 
     def ticked(self) -> None:
         self.deadline = max(self.deadline + self.period, time.monotonic())
+
+    def held(self, seconds: float) -> None:
+        """The frame due now started `seconds` late, held back to run in one batch with
+        other players' steps that then came: count the next from then, so that the players'
+        steps keep arriving together instead of each at a phase of its own. (Not after a
+        wait that ran out on a slow player: that would slow this one down as well.)"""
+        self.deadline += seconds
 
 
 # (frame, header) -> the message that carries it; the header as protocol.decode_frame gives it
@@ -307,6 +334,9 @@ class Play:
             action, seq = self.inputs.take()
         frame = self.world.step(action)
         ms = float(self.world.last_timings.get("total_ms", 0.0))
+        timings = self.world.last_timings
+        if timings.get("all_in"):  # held back for batch mates who came, not for a slow one
+            self.pacer.held(float(timings.get("wait_ms", 0.0)) / 1000)
         self.frame += 1
         self.history.append((frame, action))
         if self.recording is not None:
@@ -449,6 +479,7 @@ class Play:
                 checkpoint=self.checkpoint_meta,
                 device=self.cfg.device,
                 threads=self.world.threads,
+                sampling=self.world.sampling,  # the batch shape replay must run
                 **common,
             )
         else:

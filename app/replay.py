@@ -10,7 +10,10 @@ recording of the real game (source "game") with `Game` from its seed and start s
 resync in the recording (the player restarted the dream from the real game's frames) is
 redone before the frame it preceded. Exact equality is expected on the device it was
 recorded on; on CPU also with the torch thread count it was recorded with
-(meta["threads"]), which replay sets for the time it runs and reports.
+(meta["threads"]), which replay sets for the time it runs and reports. A dream served by `wm play` was one row of a
+`BatchedWorld`; meta["sampling"]["batch_rows"] says how many rows its batches had, and the
+replay runs a world of that many rows, since a session's frames depend on that shape and on
+nothing else about its batch mates.
 """
 
 from __future__ import annotations
@@ -90,6 +93,13 @@ def replay(
             if session.threads is not None:
                 stack.enter_context(torch_threads(recorded_threads))
             threads = session.threads
+            rows = (ep.meta.get("sampling") or {}).get("batch_rows")
+            if rows:  # a served dream: one row of a batch of this many
+                from worldmodel.scheduler import BatchedWorld
+
+                world = BatchedWorld(session, rows=int(rows))
+                stack.callback(world.close)
+                session = world.session()
             context, context_actions = load_context(path, ep.meta)
             session.reset(context, context_actions, seed=int(ep.meta["seed"]))
             resyncs = load_resyncs(path, ep.meta)  # where the player restarted from the game

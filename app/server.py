@@ -9,7 +9,9 @@ ends:
               read no faster than twice the rate limit, so a flood waits in TCP buffers
               (the client's sends block) instead of costing the event loop
     produce   at the session's pace (Play.pacer): step the world on the connection's own
-              worker thread, put the encoded frames into the slot
+              worker thread (a model's step waits there for the batched tick that carries
+              it: every player is a session of one BatchedWorld, app.play.load_world), put
+              the encoded frames into the slot
     send      slot -> websocket; the slot holds only the newest frames, so a slow client
               skips frames instead of building a backlog, and sending never blocks a step
     watch     ping the client: while it answers no ping (it reads nothing) no frame is
@@ -42,7 +44,7 @@ from PIL import Image
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from app import protocol
+from app import protocol, scale
 from app.config import LOCAL_HOSTS, ServeConfig
 from app.play import Play, Reply, World, frame_rate, load_world
 from app.routes import Routes
@@ -451,7 +453,9 @@ HELPS = {
     "game": "serve the real game, not a model",
     "size": "frame side with --game",
     "token": "access token the page URL must carry",
-    "max_sessions": "sessions at once; 2 on CPU, 4 on an accelerator",
+    "max_sessions": "sessions at once; default: what the device holds at the play rate "
+    "(measured at start-up, then cached)",
+    "capacity_cache": "where that measurement is kept",
     "recordings": "recordings folder",
     "fps": "frame rate cap; the world's own when not given",
     "allow_origin": "also accept websocket connections from pages at this origin",
@@ -460,7 +464,7 @@ HELPS = {
     "mouse_px_per_unit": "mouse pixels in one frame that make a full-speed turn",
     "arrow_rate": "yaw/pitch per frame while an arrow key is held",
     "record_video": "write video.mp4 beside each recording",
-    "threads": "torch threads on CPU; cores / max sessions when not given",
+    "threads": "torch threads on CPU; every core when not given",
     "reset_rate": "resets and record starts per second a client may ask for",
     "flood_close_s": "close a client sending over twice the rate limit for this long (s)",
     "read_stall_s": "stop generating for a client that answers no ping for this long (s)",
@@ -474,9 +478,10 @@ HELPS = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, ServeConfig(), helps=HELPS)
-    # resolved from --device and --max-sessions when not given
+    # resolved at start-up when not given (app.play.load_world, ServeConfig)
     p.set_defaults(max_sessions=None, threads=None)
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    scale.add_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -493,11 +498,12 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"wm play: {e}", file=sys.stderr)
         return 2
+    if args.workers:
+        return scale.main(cfg, args.workers, args.nginx_dir)
     if not cfg.game and cfg.device == "cpu":
         import torch
 
-        # each session steps on its own thread; more torch threads than cores in all makes
-        # every step wait on the others (measured on 2 busy cores: median 2x, tail 10x slower)
+        # every session steps on the scheduler's one thread (worldmodel.scheduler)
         torch.set_num_threads(cfg.threads)
     try:
         factory, first = load_world(cfg)

@@ -66,6 +66,7 @@ def start_server(recordings: Path, checkpoint: Path | None = None, **cfg: Any) -
         game=checkpoint is None,
         size=cfg.pop("size", 32),
         recordings=recordings,
+        max_sessions=cfg.pop("max_sessions", 2),  # fixed, not measured: the tests count on it
         **cfg,
     )
     return ServerThread(config).__enter__()

@@ -92,7 +92,7 @@ def test_play_flags_build_the_serve_config():
         server.add_arguments, "--fps", "12.5", "--allow-origin", "http://a", "--allow-origin",
         "http://b", "--device", "cuda", "--no-record-video", "--token", "t"))
     assert cfg.fps == 12.5 and cfg.allow_origin == ("http://a", "http://b")
-    assert cfg.max_sessions == 4  # resolved from the device, not fixed by the flag's default
+    assert cfg.max_sessions is None  # measured by load_world, not fixed by the flag's default
     assert not cfg.record_video and cfg.token == "t"
     ui = studio.config_from_args(studio.StudioConfig, parse(studio.add_arguments, "--port", "1"))
     assert ui == studio.StudioConfig(port=1)

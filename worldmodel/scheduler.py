@@ -38,6 +38,7 @@ so its frames agree with a batched session's within float tolerance, not bit for
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import Future
@@ -194,17 +195,18 @@ class BatchedWorld:
                     return
                 deadline = max(min(r.submitted for r in self._pending.values()),
                                self._tick_end) + self.max_wait_s
-                while not self._closed and not self._everyone_in(time.perf_counter()):
+                while not (all_in := self._everyone_in(time.perf_counter())) and not self._closed:
                     left = deadline - time.perf_counter()
                     if left <= 0:
                         break
                     self._cond.wait(left)
                 batch, self._pending = self._pending, {}
             if batch:
-                self._tick(batch)
+                self._tick(batch, all_in)
 
     @torch.no_grad()
-    def _tick(self, batch: dict[int, _Request]) -> None:
+    def _tick(self, batch: dict[int, _Request], all_in: bool = True) -> None:
+        """all_in: the tick waited until every playing session was in, not for max_wait_s."""
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
             with self._model_lock:
@@ -222,7 +224,7 @@ class BatchedWorld:
             req.session._deliver(req, list(frames[row]), {
                 "model_ms": (t1 - t0) * 1e3, "decode_ms": (t2 - t1) * 1e3,
                 "tick_cpu_ms": cpu * 1e3, "wait_ms": (t0 - req.submitted) * 1e3,
-                "batch": len(batch), "rows": self.group})
+                "batch": len(batch), "rows": self.group, "all_in": all_in})
 
     def _generate(self, batch: dict[int, _Request]) -> tuple[dict[int, np.ndarray], float]:
         """One tick: each stepped row's (chunk, H, W, 3) uint8 frames, and the time the
@@ -254,13 +256,14 @@ class BatchedWorld:
 class BatchedSession:
     """One player's row of a `BatchedWorld`, with WorldSession's door: `reset`, `step`, and
     the attributes a server reads (size, name, checkpoint_hash, context_length, fps, card,
-    frame_index, last_timings)."""
+    worlds, threads, frame_index, last_timings)."""
 
     def __init__(self, world: BatchedWorld, row: int):
         t = world.template
         self.world, self.row = world, row
         self.size, self.name, self.checkpoint_hash = t.size, t.name, t.checkpoint_hash
         self.context_length, self.fps, self.card = t.context_length, t.fps, t.card
+        self.worlds = t.worlds
         self.tokenizer, self.model = t.tokenizer, t.model
         self.frame_index = 0
         self.last_timings: dict[str, float] = {}
@@ -273,6 +276,10 @@ class BatchedSession:
     @property
     def device(self) -> torch.device:
         return self.world.device
+
+    @property
+    def threads(self) -> int | None:
+        return self.world.template.threads
 
     @property
     def sampling(self) -> dict[str, Any]:
@@ -377,3 +384,45 @@ def sessions_at_rate(template: WorldSession, target_fps: float | None = None,
         tried[mid] = lockstep_fps(template, mid, ticks)
         good, bad = (mid, bad) if tried[mid] >= target else (good, mid)
     return good, dict(sorted(tried.items()))
+
+
+def capacity_cache_key(template: WorldSession, target_fps: float) -> str:
+    """What a measured capacity depends on: the network, the device, the threads, the pace."""
+    dev = template.device
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    return f"{template.checkpoint_hash[:16]}|{dev.type}|{name}|torch {torch.__version__}|{target_fps:g}fps"
+
+
+def device_capacity(template: WorldSession, target_fps: float | None = None, *,
+                    floor: int = 1, ceiling: int | None = None, cache: Path | None = None,
+                    ticks: int = 10) -> tuple[int, str]:
+    """Sessions to serve on this device: `sessions_at_rate`, kept within [floor, ceiling]
+    (ceiling: 16 on CPU, 64 on an accelerator), read from `cache` (a JSON file) when this
+    checkpoint, device and pace were measured before. Returns the count and how it was
+    found, for the log."""
+    target = float(template.fps if target_fps is None else target_fps)
+    ceiling = (16 if template.device.type == "cpu" else 64) if ceiling is None else ceiling
+    key = capacity_cache_key(template, target)
+    known: dict[str, Any] = {}
+    if cache is not None and cache.is_file():
+        try:
+            known = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            known = {}
+    if isinstance(known.get(key), dict):
+        held, how = int(known[key]["sessions"]), f"measured before ({cache})"
+    else:
+        held, tried = sessions_at_rate(template, target, max_rows=ceiling, ticks=ticks)
+        rates = ", ".join(f"{n}: {fps:.1f}" for n, fps in tried.items())
+        how = f"measured now (frames/s per player at each count: {rates})"
+        if cache is not None:
+            known[key] = {"sessions": held, "fps_per_player": tried}
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(".tmp")
+                tmp.write_text(json.dumps(known, indent=1))
+                tmp.replace(cache)
+            except OSError:
+                pass  # a cache that cannot be written costs a measurement next time
+    chosen = min(max(held, floor), ceiling)
+    return chosen, f"{held} sessions keep {target:g} frames/s each, {how}; serving {chosen}"
