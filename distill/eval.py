@@ -661,19 +661,24 @@ def response(streams: dict, cfg: EvalConfig, size: int, ctx: int, tok: Tokenizer
 # ---------------------------------------------------------------------------- one step, probes
 
 
+ONE_STEP_PROBES = ("walk", "turn", "mixed")  # the episodes one-step windows come from
+
+
 def one_step(streams: dict, worlds: list[int], seen: bool, cfg: EvalConfig, size: int, ctx: int,
              tok: Tokenizer, idm_model: IDM) -> dict:
-    """Teacher-forced next frame: at `one_step_windows` places of an explorer episode per
-    world, the real `ctx` frames before, one generated frame. Per stream: PSNR (over MSE),
-    the IDM on (decoded frame before, generated frame), and realism."""
+    """Teacher-forced next frame: at `one_step_windows` places per world, shared among a
+    walk, a turn and a mixed (explorer) episode so that the IDM sees every kind of input,
+    the real `ctx` frames before, one generated frame. Per stream: PSNR (over MSE), the IDM
+    on (decoded frame before, generated frame), and realism."""
     stride = 4
+    per = -(-cfg.one_step_windows // len(ONE_STEP_PROBES))  # windows per episode
     errs: dict[str, list[np.ndarray]] = {}
     pairs: dict[str, tuple[list, list]] = {}
     dist: dict[str, list[np.ndarray]] = {}
     acts: list[np.ndarray] = []
-    for world in worlds:
-        n = ctx + stride * cfg.one_step_windows
-        ep = play(world, size, n, "mixed", 1, seen)
+    for world, kind in ((w, k) for w in worlds for k in ONE_STEP_PROBES):
+        n = ctx + stride * per
+        ep = play(world, size, n, kind, 1, seen)
         at = list(range(ctx, n, stride))
         target = ep.frames[at]
         recon = reconstruct(tok, ep.frames)
