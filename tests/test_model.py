@@ -458,15 +458,15 @@ def test_forward_step_trains_through_the_current_chunk():
     assert model.patch_embed.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("prev_frame", [False, True])
+@pytest.mark.parametrize("prev_frame,cache_level", [(False, 0.0), (True, 0.0), (True, 0.1)])
 @pytest.mark.parametrize("window,chunk", [(3, 1), (4, 1), (5, 2)])
-def test_fused_cache_write_equals_a_separate_pass(window, chunk, prev_frame):
+def test_fused_cache_write_equals_a_separate_pass(window, chunk, prev_frame, cache_level):
     """The sampler caches each generated chunk inside the next chunk's first denoising pass;
     the frames are those of a separate write pass, over a session long enough to wrap the
     ring many times."""
     model = make_model(prev_frame=prev_frame)
     assert not StudentSampler(model, StudentConfig(sinks=1)).fuse_write  # see its docstring
-    cfg = StudentConfig(window=window, chunk=chunk, context_length=2)
+    cfg = StudentConfig(window=window, chunk=chunk, context_length=2, cache_level=cache_level)
     x, _, a = make_inputs(model, B=2, F=2 + 12 * chunk)
     frames = {}
     for fuse in (False, True):
@@ -478,3 +478,26 @@ def test_fused_cache_write_equals_a_separate_pass(window, chunk, prev_frame):
         assert play.cache.frames == a.shape[1] - (chunk if fuse else 0)
     assert frames[True].abs().mean() > 0.1
     torch.testing.assert_close(frames[True], frames[False], atol=1e-9, rtol=0)
+
+
+@torch.no_grad()
+def test_cache_level_writes_generated_frames_renoised():
+    """With cache_level s the cache holds (1 - s) x0 + s * noise of each generated frame, the
+    noise drawn after the frame's steps; context frames and s = 0 stay clean."""
+    model = make_model(prev_frame=True)
+    x, _, a = make_inputs(model, B=1, F=3)
+    s = 0.1
+    play = StudentSampler(model, StudentConfig(window=4, cache_level=s), fuse_write=False)
+    play.prefill(x[:, :2], a[:, :2])
+    assert torch.equal(play.cache.previous(), x[:, 1:2])
+    g = torch.Generator().manual_seed(0)
+    x0 = play.step(a[:, 2:], g)
+    replay = torch.Generator().manual_seed(0)
+    for _ in range(len(play.timesteps)):  # the steps' noise, then the write's
+        torch.randn(x0.shape, generator=replay, dtype=x0.dtype)
+    noise = torch.randn(x0.shape, generator=replay, dtype=x0.dtype)
+    torch.testing.assert_close(play.cache.previous(), (1 - s) * x0 + s * noise)
+    clean = StudentSampler(model, StudentConfig(window=4), fuse_write=False)
+    clean.prefill(x[:, :2], a[:, :2])
+    assert torch.equal(clean.step(a[:, 2:], torch.Generator().manual_seed(0)), x0)
+    assert torch.equal(clean.cache.previous(), x0)
