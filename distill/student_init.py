@@ -42,6 +42,7 @@ class InitConfig:
     window: int = StudentConfig.window
     sinks: int = StudentConfig.sinks
     chunk: int = StudentConfig.chunk
+    cache_level: float = StudentConfig.cache_level  # flow time of the frames the cache holds
     batch_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -98,7 +99,9 @@ def init_backward(student: DiT, batch: dict[str, torch.Tensor], sampler: Student
         # now and keep only one in memory.
         (err.sum() / (B * N)).backward()
         with torch.no_grad():
-            student.forward_step(target[:, s:e], torch.zeros_like(t), a, play.cache, write=True)
+            # the teacher's frame goes into the cache as the sampler would write its own
+            student.forward_step(*play.cache_input(target[:, s:e], None), a, play.cache,
+                                 write=True)
         err_sum.index_add_(0, k.cpu(), err.detach().mean(1).cpu())
         count.index_add_(0, k.cpu(), torch.ones(B))
     return (err_sum.sum() / count.sum()).item(), err_sum, count
@@ -119,6 +122,7 @@ def train(cfg: InitConfig) -> DiT:
                          f"{cfg.teacher} takes {shape}")
     sampler = StudentConfig(steps=index["settings"]["levels"], shift=index["settings"]["shift"],
                             window=cfg.window, sinks=cfg.sinks, chunk=cfg.chunk,
+                            cache_level=cfg.cache_level,
                             context_length=index["settings"]["context"])
     levels = flow.student_timesteps(sampler.steps, sampler.shift)
     if not torch.allclose(levels, torch.tensor(index["times"]), atol=1e-5):

@@ -14,6 +14,9 @@ the actions.
 Actions are dropped for a whole clip with probability `action_dropout`, which trains the
 unconditional branch that classifier-free guidance on actions needs.
 
+`--prev-frame` gives each frame's tokens the previous frame's input latent as well (frame
+stacking, `DiTConfig.prev_frame`); the students distilled from such a teacher inherit it.
+
 `--mode causal` trains the same network with frame-causal attention: the many-step causal
 model whose ODE trajectories initialise the student without peeking at future frames.
 """
@@ -40,6 +43,7 @@ class TeacherTrainConfig:
     tokenizer: str = "runs/tokenizer/model"
     out: str = "runs/teacher"
     model: str = "cpu"  # network size: a preset of worldmodel.model.PRESETS
+    prev_frame: bool = False  # frame stacking: see worldmodel.model.DiTConfig.prev_frame
     mode: str = "bidirectional"
     clip_len: int = 8
     batch_size: int = 8
@@ -120,7 +124,7 @@ def train(cfg: TeacherTrainConfig) -> DiT:
     ds = ClipDataset(cfg.data, clip_len=cfg.clip_len, seed=cfg.seed, latents=True)
     ds.rank = d.rank
     C, h = ds.sample(np.random.default_rng(0))["latents"].shape[1:3]
-    model_cfg = get_config(cfg.model, latent_channels=C, latent_size=h)
+    model_cfg = get_config(cfg.model, latent_channels=C, latent_size=h, prev_frame=cfg.prev_frame)
     net = DiT(model_cfg).to(d.device)
     print0(f"{cfg.mode} DiT {cfg.model}: {count_params(net) / 1e6:.2f}M params, latents "
            f"{C}x{h}x{h}, clips of {cfg.clip_len}, {len(ds.episodes)} episodes / "

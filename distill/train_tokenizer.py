@@ -124,6 +124,9 @@ def train(cfg: TokenizerTrainConfig) -> Tokenizer:
             p = 10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10)).item()  # range -1..1
             run.log({"step": step, "loss": loss.item(), "l1_loss": l1.item(), "train_psnr": p})
         if (step + 1) % cfg.ckpt_every == 0:
+            # A run stopped before its end leaves this checkpoint as its tokenizer, so it
+            # carries latent stats too: without them its latents are not unit variance.
+            measure_latent_stats(ema.model, cfg.data, 512, d.device)
             run.save(model, opt, ema, step + 1, meta)
     step += 1
     final = ema.model

@@ -1,7 +1,5 @@
 """The shipped default: what `make play` loads, and what its model card's `wm eval` needs."""
 
-from dataclasses import asdict
-
 import numpy as np
 import pytest
 
@@ -11,6 +9,7 @@ from worldmodel import checkpoint
 from worldmodel.actions import Action
 from worldmodel.checkpoint import load_teacher
 from worldmodel.game import Game
+from worldmodel.model import DiTConfig
 from worldmodel.session import ASSETS, WorldSession
 
 DEFAULT = ASSETS / "default"
@@ -40,7 +39,7 @@ def test_the_default_plays_and_follows_its_seed():
 def test_the_eval_files_match_the_default():
     student = checkpoint.load(DEFAULT / "student")[1]
     teacher, meta = load_teacher(EVAL / "teacher")
-    assert meta.mode == "bidirectional" and asdict(meta.model) == student["model"]
+    assert meta.mode == "bidirectional" and meta.model == DiTConfig(**student["model"])
     session = WorldSession.from_checkpoint("default")
     init = load_session(str(EVAL / "student-init"), session.tokenizer, "cpu")
     assert init.size == session.size

@@ -193,14 +193,60 @@ def test_causal_outputs_ignore_the_future():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("prev_frame", [False, True])
 @pytest.mark.parametrize("chunk", [1, 2])
-def test_cached_steps_equal_causal_forward(chunk):
-    model = make_model()
+def test_cached_steps_equal_causal_forward(chunk, prev_frame):
+    model = make_model(prev_frame=prev_frame)
     F = 6
     x, t, a = make_inputs(model, B=2, F=F)
     full = model(x, t, a, mode="causal")
     steps = run_steps(model, model.init_cache(2, window=F), x, t, a, chunk)
     torch.testing.assert_close(steps, full, atol=1e-10, rtol=0)
+
+
+@torch.no_grad()
+def test_prev_frame_embeds_the_input_shifted_by_one_frame():
+    """Frame i's tokens gain prev_embed of frame i - 1's input; frame 0 gains that of zeros,
+    or of the frame a cache holds. A future frame's latent never reaches an earlier frame."""
+    model = make_model(prev_frame=True)
+    x, t, a = make_inputs(model, B=2, F=4)
+    base = make_model()
+    base.load_state_dict(model.state_dict(), strict=False)
+    tokens, c = model.embed(x, t, a)
+    plain, c0 = base.embed(x, t, a)
+    torch.testing.assert_close(c, c0, atol=0, rtol=0)
+    W, b = model.prev_embed.weight, model.prev_embed.bias
+    px = patchify(x, model.cfg.patch_size)  # (B, F, N, p*p*C)
+    torch.testing.assert_close(tokens[:, 0] - plain[:, 0], b.expand_as(plain[:, 0]))
+    for i in range(1, 4):
+        torch.testing.assert_close(tokens[:, i] - plain[:, i], px[:, i - 1] @ W.T + b)
+    cache = model.init_cache(2, window=4)
+    run_steps(model, cache, x[:, :2], t[:, :2], a[:, :2])
+    assert torch.equal(cache.previous()[:, 0], x[:, 1])
+    stepped, _ = model.embed(x[:, 2:], t[:, 2:], a[:, 2:], first_prev=cache.previous())
+    torch.testing.assert_close(stepped, tokens[:, 2:])
+
+
+@torch.no_grad()
+def test_zero_prev_projection_is_the_model_without_it():
+    """A fresh prev_frame model starts as the model without the feature: loaded with the
+    other's weights, it gives the same velocities in every mode and through the cache."""
+    base = make_model()
+    fresh = DiT(get_config("tiny", prev_frame=True))
+    assert not fresh.prev_embed.weight.any() and not fresh.prev_embed.bias.any()
+    model = make_model(prev_frame=True)
+    missing = model.load_state_dict(base.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["prev_embed.bias", "prev_embed.weight"]
+    x, t, a = make_inputs(base, B=2, F=5)
+    assert not torch.allclose(model(x, t, a, mode="causal"), base(x, t, a, mode="causal"))
+    model.load_state_dict(base.state_dict() | {k: torch.zeros_like(v) for k, v in
+                                               model.prev_embed.state_dict(prefix="prev_embed.")
+                                               .items()})
+    for kw in (dict(mode="causal"), dict(mode="bidirectional"), dict(mode="causal", window=2)):
+        torch.testing.assert_close(model(x, t, a, **kw), base(x, t, a, **kw), atol=0, rtol=0)
+    steps = run_steps(model, model.init_cache(2, window=3), x, t, a)
+    torch.testing.assert_close(steps, run_steps(base, base.init_cache(2, window=3), x, t, a),
+                               atol=0, rtol=0)
 
 
 @torch.no_grad()
@@ -217,9 +263,10 @@ def test_denoising_calls_do_not_touch_the_cache():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("prev_frame", [False, True])
 @pytest.mark.parametrize("chunk", [1, 2, 3])
-def test_ring_buffer_equals_banded_forward(chunk):
-    model = make_model()
+def test_ring_buffer_equals_banded_forward(chunk, prev_frame):
+    model = make_model(prev_frame=prev_frame)
     W, F = 3, 9  # F > 2W: the ring wraps around several times
     x, t, a = make_inputs(model, B=2, F=F)
     full = model(x, t, a, mode="causal", window=W)
@@ -411,14 +458,15 @@ def test_forward_step_trains_through_the_current_chunk():
     assert model.patch_embed.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("prev_frame,cache_level", [(False, 0.0), (True, 0.0), (True, 0.1)])
 @pytest.mark.parametrize("window,chunk", [(3, 1), (4, 1), (5, 2)])
-def test_fused_cache_write_equals_a_separate_pass(window, chunk):
+def test_fused_cache_write_equals_a_separate_pass(window, chunk, prev_frame, cache_level):
     """The sampler caches each generated chunk inside the next chunk's first denoising pass;
     the frames are those of a separate write pass, over a session long enough to wrap the
     ring many times."""
-    model = make_model()
+    model = make_model(prev_frame=prev_frame)
     assert not StudentSampler(model, StudentConfig(sinks=1)).fuse_write  # see its docstring
-    cfg = StudentConfig(window=window, chunk=chunk, context_length=2)
+    cfg = StudentConfig(window=window, chunk=chunk, context_length=2, cache_level=cache_level)
     x, _, a = make_inputs(model, B=2, F=2 + 12 * chunk)
     frames = {}
     for fuse in (False, True):
@@ -430,3 +478,26 @@ def test_fused_cache_write_equals_a_separate_pass(window, chunk):
         assert play.cache.frames == a.shape[1] - (chunk if fuse else 0)
     assert frames[True].abs().mean() > 0.1
     torch.testing.assert_close(frames[True], frames[False], atol=1e-9, rtol=0)
+
+
+@torch.no_grad()
+def test_cache_level_writes_generated_frames_renoised():
+    """With cache_level s the cache holds (1 - s) x0 + s * noise of each generated frame, the
+    noise drawn after the frame's steps; context frames and s = 0 stay clean."""
+    model = make_model(prev_frame=True)
+    x, _, a = make_inputs(model, B=1, F=3)
+    s = 0.1
+    play = StudentSampler(model, StudentConfig(window=4, cache_level=s), fuse_write=False)
+    play.prefill(x[:, :2], a[:, :2])
+    assert torch.equal(play.cache.previous(), x[:, 1:2])
+    g = torch.Generator().manual_seed(0)
+    x0 = play.step(a[:, 2:], g)
+    replay = torch.Generator().manual_seed(0)
+    for _ in range(len(play.timesteps)):  # the steps' noise, then the write's
+        torch.randn(x0.shape, generator=replay, dtype=x0.dtype)
+    noise = torch.randn(x0.shape, generator=replay, dtype=x0.dtype)
+    torch.testing.assert_close(play.cache.previous(), (1 - s) * x0 + s * noise)
+    clean = StudentSampler(model, StudentConfig(window=4), fuse_write=False)
+    clean.prefill(x[:, :2], a[:, :2])
+    assert torch.equal(clean.step(a[:, 2:], torch.Generator().manual_seed(0)), x0)
+    assert torch.equal(clean.cache.previous(), x0)

@@ -52,12 +52,15 @@ def context(size: int, n: int = 3, seed: int = 3) -> list[np.ndarray]:
     return [g.reset()] + [g.step(a) for a in script(n - 1, seed)]
 
 
-@pytest.mark.parametrize("window,sinks,chunk", [(4, 0, 1), (3, 1, 1), (5, 0, 2)])
-def test_slot_rows_equal_separate_samplers(window, sinks, chunk):
+@pytest.mark.parametrize("window,sinks,chunk,prev_frame,cache_level",
+                         [(4, 0, 1, False, 0.0), (3, 1, 1, False, 0.0), (5, 0, 2, False, 0.0),
+                          (4, 0, 1, True, 0.1), (3, 1, 1, True, 0.0)])
+def test_slot_rows_equal_separate_samplers(window, sinks, chunk, prev_frame, cache_level):
     """Rows of a SlotKVCache that start at different times and skip ticks produce, row by
     row, the latents of a batch-1 sampler of their own (same math, other shapes)."""
-    model = random_dit()
-    cfg = StudentConfig(window=window, sinks=sinks, chunk=chunk, context_length=2)
+    model = random_dit(prev_frame=prev_frame)
+    cfg = StudentConfig(window=window, sinks=sinks, chunk=chunk, context_length=2,
+                        cache_level=cache_level)
     g = torch.Generator().manual_seed(1)
     ctx = torch.randn(3, 2, 4, 4, 4, generator=g, dtype=torch.float64)
     acts = torch.randn(3, 16, chunk, A, generator=g, dtype=torch.float64)

@@ -105,6 +105,18 @@ def test_teacher_resumes_where_it_stopped(tiny_pipeline, tmp_path):
     assert json.loads((tmp_path / "run" / "train.json").read_text())["step"] == 9
 
 
+def test_prev_frame_teacher_trains_and_loads(tiny_pipeline, tmp_path):
+    """--prev-frame travels in the checkpoint; the zero-initialised projection learns."""
+    train_teacher(TeacherTrainConfig(data=str(tiny_pipeline.data),
+                                     tokenizer=str(tiny_pipeline.tokenizer), out=str(tmp_path),
+                                     model="tiny", clip_len=4, batch_size=2, workers=0,
+                                     steps=4, ema_decay=0.0, prev_frame=True))
+    model, meta = load_teacher(tmp_path / "model")
+    assert meta.model.prev_frame and model.prev_embed.weight.abs().sum() > 0
+    old, old_meta = load_teacher(tiny_pipeline.teacher)
+    assert not old_meta.model.prev_frame and not hasattr(old, "prev_embed")
+
+
 def test_sample_dreams_frames_against_the_game(tiny_pipeline):
     tok, _ = load_tokenizer(tiny_pipeline.tokenizer)
     model, meta = load_teacher(tiny_pipeline.teacher)

@@ -38,3 +38,24 @@ def test_cpu_16_dit_takes_the_4x_latents_as_16_tokens_per_frame():
     x = torch.randn(B, F, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
     out = model(x, torch.rand(B, F), torch.zeros(B, F, cfg.action_dim), mode="causal")
     assert out.shape == x.shape
+
+
+def test_every_tokenizer_checkpoint_carries_latent_stats(tiny_pipeline, tmp_path, monkeypatch):
+    """A run killed between checkpoints leaves the last one as its tokenizer; its latents
+    must be normalised like the final one's."""
+    from distill import common
+    from distill.train_tokenizer import TokenizerTrainConfig, train
+
+    stds = []
+    save = common.Run.save
+
+    def spy(self, model, opt, ema, step, extra=None, export_tensors=None):
+        tensors = export_tensors if export_tensors is not None else ema.model.state_dict()
+        stds.append(tensors["latent_std"].clone())
+        save(self, model, opt, ema, step, extra, export_tensors)
+
+    monkeypatch.setattr(common.Run, "save", spy)
+    train(TokenizerTrainConfig(data=str(tiny_pipeline.data), out=str(tmp_path), model="tiny",
+                               steps=4, ckpt_every=2, batch_size=4, workers=0))
+    assert len(stds) == 3  # steps 2 and 4, then the final export
+    assert all(not torch.allclose(s, torch.ones_like(s)) for s in stds)

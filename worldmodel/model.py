@@ -11,6 +11,15 @@ the output is the velocity, shaped like x. The flow time and the action of a fra
 that frame's tokens through AdaLN-Zero; attention uses 3D RoPE over (frame, row, col) and
 RMS-normalised queries and keys.
 
+With `prev_frame`, frame i's tokens also embed the latent the network was given for frame i - 1
+(zeros before the first frame), through a zero-initialised patch projection. It is the network's
+own input shifted by one frame, so it means the same in every use: when one new frame is
+denoised after clean frames (the teacher's rollout, the student's step) it is the clean previous
+frame, as in DIAMOND's frame stacking; a context frame's predecessor carries the context noise it
+was given; and frames noised together (training clips, DMD scores) see their predecessor at its
+own noise level, so a bidirectional teacher cannot read a frame's clean latent off its successor.
+The cache keeps the last frame it was written, which is what the next step's first frame sees.
+
 Attention rule, at frame level: in causal mode frame i sees frame j <= i; with a window W only
 if i - j < W, unless j < S (the first S frames are sinks, visible to every later frame). A
 `KVCache` made by `init_cache(batch, window=W, sinks=S)` keeps the S sink frames and the last
@@ -49,6 +58,9 @@ class DiTConfig:
     rope_theta: float = 10000.0
     freq_dim: int = 256  # width of the sinusoidal flow-time features
     attn_backend: str = "auto"  # see worldmodel.attention
+    # Frame stacking (DIAMOND, GameNGen): each frame's tokens also embed the previous frame's
+    # input latent, so "nothing moved" is a copy rather than a lookup through attention.
+    prev_frame: bool = False
 
     def __post_init__(self) -> None:
         if self.latent_size % self.patch_size:
@@ -253,9 +265,10 @@ class KVCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         storage: Tensor | None = None,
+        last: Tensor | None = None,
     ):
-        """storage: an existing tensor to keep the keys and values in (one row of a
-        `SlotKVCache`); by default the cache allocates its own."""
+        """storage, last: existing tensors to keep the keys and values and the last frame in
+        (one row of a `SlotKVCache`); by default the cache allocates its own."""
         if window < 1 or sinks < 0:
             raise ValueError(f"need window >= 1 and sinks >= 0, got {window}, {sinks}")
         self.window, self.sinks, self.ring = window, sinks, window - 1
@@ -265,10 +278,18 @@ class KVCache:
             raise ValueError(f"storage must be {shape}, got {tuple(storage.shape)}")
         # (layer, k/v, B, H, slots*N, Dh)
         self.kv = storage if storage is not None else torch.zeros(shape, device=device, dtype=dtype)
+        # The last frame written (B, C, h, w), which the next frame sees as its predecessor.
+        self.last = None
+        if cfg.prev_frame:
+            last_shape = (batch_size, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+            self.last = last if last is not None else torch.zeros(
+                last_shape, device=self.kv.device, dtype=self.kv.dtype)
         self.reset()
 
     def reset(self) -> None:
         self.frames = 0  # frames written since the start of the session
+        if self.last is not None:
+            self.last.zero_()
         # Frame index held by each filled slot. Sinks fill first and the ring in order, so the
         # filled slots are always a prefix of the buffer.
         self.slot_time: list[int] = []
@@ -298,9 +319,18 @@ class KVCache:
             return time
         return self.sinks + (time - self.sinks) % self.ring if self.ring else None
 
+    def previous(self) -> Tensor | None:
+        """The last frame written (B, 1, C, h, w), zeros before any; None without prev_frame."""
+        return None if self.last is None else self.last[:, None]
+
     @torch.no_grad()
-    def append(self, new_kv: list[tuple[Tensor, Tensor]]) -> None:
-        """Write a chunk's (k, v) per layer, each (B, H, chunk*N, Dh), evicting the oldest."""
+    def append(self, new_kv: list[tuple[Tensor, Tensor]], last: Tensor | None = None) -> None:
+        """Write a chunk's (k, v) per layer, each (B, H, chunk*N, Dh), evicting the oldest;
+        `last` (B, C, h, w) is the chunk's last frame (needed with prev_frame)."""
+        if self.last is not None:
+            if last is None:
+                raise ValueError("a prev_frame model's cache needs the chunk's last frame")
+            self.last.copy_(last)
         N = self.tokens_per_frame
         chunk = new_kv[0][0].shape[2] // N
         for j in range(chunk):
@@ -338,8 +368,10 @@ class SlotKVCache:
         dtype: torch.dtype | None = None,
     ):
         self.shared = KVCache(cfg, rows, window, sinks, device, dtype)
+        last = self.shared.last
         self.slots = [
-            KVCache(cfg, 1, window, sinks, storage=self.shared.kv[:, :, r : r + 1])
+            KVCache(cfg, 1, window, sinks, storage=self.shared.kv[:, :, r : r + 1],
+                    last=None if last is None else last[r : r + 1])
             for r in range(rows)
         ]
         self.n_slots = sinks + window - 1
@@ -372,12 +404,18 @@ class SlotKVCache:
                                                  if k[0] != chunk}  # one per chunk size
         return pos, visible
 
+    def previous(self) -> Tensor | None:
+        """Every row's last frame written (rows, 1, C, h, w); None without prev_frame."""
+        return self.shared.previous()
+
     @torch.no_grad()
-    def append(self, new_kv: list[tuple[Tensor, Tensor]]) -> None:
-        """Write a chunk's (k, v) per layer, each (rows, H, chunk*N, Dh), into the active rows."""
+    def append(self, new_kv: list[tuple[Tensor, Tensor]], last: Tensor | None = None) -> None:
+        """Write a chunk's (k, v) per layer, each (rows, H, chunk*N, Dh), and its last frame
+        (rows, C, h, w), into the active rows."""
         for r, c in enumerate(self.slots):
             if self.active[r]:
-                c.append([(k[r : r + 1], v[r : r + 1]) for k, v in new_kv])
+                c.append([(k[r : r + 1], v[r : r + 1]) for k, v in new_kv],
+                         None if last is None else last[r : r + 1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,6 +428,8 @@ class DiT(nn.Module):
         self.cfg = cfg
         D, p = cfg.dim, cfg.patch_size
         self.patch_embed = nn.Linear(p * p * cfg.latent_channels, D)
+        if cfg.prev_frame:
+            self.prev_embed = nn.Linear(p * p * cfg.latent_channels, D)
         self.t_embed = nn.Sequential(nn.Linear(cfg.freq_dim, D), nn.SiLU(), nn.Linear(D, D))
         n_action = action_features(torch.zeros(cfg.action_dim), cfg.action_freqs).shape[-1]
         self.a_embed = nn.Sequential(nn.Linear(n_action, D), nn.SiLU(), nn.Linear(D, D))
@@ -414,15 +454,24 @@ class DiT(nn.Module):
             nn.init.zeros_(ada[1].bias)
         nn.init.zeros_(self.final.linear.weight)
         nn.init.zeros_(self.final.linear.bias)
+        if self.cfg.prev_frame:  # starts as the model without it (and as its checkpoint)
+            nn.init.zeros_(self.prev_embed.weight)
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def embed(self, x, t, actions, action_mask=None) -> tuple[Tensor, Tensor]:
-        """x (B, F, C, h, w), t (B, F), actions (B, F, A), action_mask (B, F) or (B,)
+    def embed(self, x, t, actions, action_mask=None, first_prev=None) -> tuple[Tensor, Tensor]:
+        """x (B, F, C, h, w), t (B, F), actions (B, F, A), action_mask (B, F) or (B,),
+        first_prev (B, 1, C, h, w) the frame before x[:, 0] (zeros if None; prev_frame only)
         -> tokens (B, F, N, D) and per-frame conditioning c (B, F, D)."""
         dtype = self.patch_embed.weight.dtype
-        tokens = self.patch_embed(patchify(x, self.cfg.patch_size).to(dtype))  # (B, F, N, D)
+        p = self.cfg.patch_size
+        tokens = self.patch_embed(patchify(x, p).to(dtype))  # (B, F, N, D)
+        if self.cfg.prev_frame:
+            if first_prev is None:
+                first_prev = torch.zeros_like(x[:, :1])
+            prev = torch.cat([first_prev.to(x.dtype), x[:, :-1]], dim=1)  # (B, F, C, h, w)
+            tokens = tokens + self.prev_embed(patchify(prev, p).to(dtype))  # (B, F, N, D)
         c = self.t_embed(timestep_embedding(t, self.cfg.freq_dim).to(dtype))  # (B, F, D)
         a = self.a_embed(action_features(actions, self.cfg.action_freqs).to(dtype))  # (B, F, D)
         if action_mask is not None:
@@ -516,7 +565,7 @@ class DiT(nn.Module):
         """
         cfg = self.cfg
         B, Fc, C, h, w = x.shape
-        tokens, c = self.embed(x, t, actions, action_mask)  # (B, Fc, N, D), (B, Fc, D)
+        tokens, c = self.embed(x, t, actions, action_mask, cache.previous())  # (B, Fc, N, D)
         # the cached frames, then the chunk: (Fk,), (Fc, Fk); per row (B, Fk), (B, Fc, Fk)
         pos, visible = cache.layout(Fc)
         cos, sin = self.rope(pos.to(x.device), tokens.dtype)  # (Fk*N, Dh) or (B, 1, Fk*N, Dh)
@@ -529,7 +578,8 @@ class DiT(nn.Module):
             new_kv.append(kv)
         if write:
             n = (Fc if write is True else int(write)) * cfg.tokens_per_frame
-            cache.append([(k[:, :, :n], v[:, :, :n]) for k, v in new_kv])
+            last = x[:, n // cfg.tokens_per_frame - 1] if cfg.prev_frame else None
+            cache.append([(k[:, :, :n], v[:, :, :n]) for k, v in new_kv], last)
         out = self.final(tokens, c)  # (B, Fc, N, p*p*C)
         return unpatchify(out, cfg.patch_size, h, w)
 

@@ -29,6 +29,10 @@ class StudentConfig:
     sinks: int = 0  # first frames of the session kept in the cache for good
     chunk: int = 1  # frames generated together
     context_length: int = 4  # context frames taken from reset()
+    # Flow time at which generated frames go into the KV cache: 0 writes the clean x0; a small
+    # level writes it re-noised and says so, like the teacher's noised context in training
+    # (GameNGen, Oasis). Context frames from reset() are written clean.
+    cache_level: float = 0.0
 
 
 @dataclass
@@ -105,10 +109,21 @@ class StudentSampler:
             if self._pending is None:
                 rows = len(self.cache.slots)
                 self._pending = (latents.new_zeros((rows, *latents.shape[1:]))[:, :1],
-                                 actions.new_zeros((rows, *actions.shape[1:]))[:, :1])
-            self._pending = (self._pending[0].clone(), self._pending[1].clone())  # may alias a step's output
+                                 actions.new_zeros((rows, *actions.shape[1:]))[:, :1],
+                                 latents.new_zeros((rows, 1)))
+            self._pending = tuple(p.clone() for p in self._pending)  # may alias a step's output
             self._pending[0][row] = latents[0, n:]
             self._pending[1][row] = actions[0, n:]
+            self._pending[2][row] = 0  # context is written clean
+
+    def cache_input(self, x0: torch.Tensor, generator: Generators):
+        """A generated chunk as it goes into the cache: (latents, flow times (B, Fc)). Draws
+        noise only with a cache_level, so a clean cache keeps every noise stream as it was."""
+        level = self.cfg.cache_level
+        t = torch.full(x0.shape[:2], level, device=x0.device, dtype=x0.dtype)
+        if level == 0:
+            return x0, t
+        return flow.renoise(x0, level, noise=self._noise(tuple(x0.shape), generator)), t
 
     def step(self, actions: torch.Tensor, generator: Generators = None,
              exit_step: int | None = None, rows: Sequence[bool] | None = None) -> torch.Tensor:
@@ -138,10 +153,9 @@ class StudentSampler:
             tt = torch.full((B, Fc), self.timesteps[k], device=p.device, dtype=p.dtype)
             with torch.set_grad_enabled(grad and k == last):
                 if k == 0 and self._pending is not None:  # cache the last frames on the way
-                    prev, prev_a = self._pending
+                    prev, prev_a, prev_t = self._pending
                     n = prev.shape[1]
-                    zero = torch.zeros((B, n), device=p.device, dtype=p.dtype)
-                    v = self.model.forward_step(torch.cat([prev, x], 1), torch.cat([zero, tt], 1),
+                    v = self.model.forward_step(torch.cat([prev, x], 1), torch.cat([prev_t, tt], 1),
                                                 torch.cat([prev_a, actions], 1), self.cache,
                                                 write=n)[:, n:]
                     self._pending = None
@@ -150,16 +164,18 @@ class StudentSampler:
                 x0 = flow.predict_x0(x, v, tt)
             if k < last:
                 x = flow.renoise(x0, self.timesteps[k + 1], noise=self._noise(shape, generator))
+        with torch.no_grad():
+            xw, tw = self.cache_input(x0.detach(), generator)
         if self.fuse_write:
-            self._pending = (x0, actions)
+            self._pending = (xw, actions, tw)
             if rows is not None and old_pending is not None:
                 keep = ~torch.tensor(list(rows), device=p.device)
-                self._pending = (torch.where(keep.view(B, 1, 1, 1, 1), old_pending[0], x0),
-                                 torch.where(keep.view(B, 1, 1), old_pending[1], actions))
+                self._pending = (torch.where(keep.view(B, 1, 1, 1, 1), old_pending[0], xw),
+                                 torch.where(keep.view(B, 1, 1), old_pending[1], actions),
+                                 torch.where(keep.view(B, 1), old_pending[2], tw))
         else:
             with torch.no_grad():
-                zero = torch.zeros((B, Fc), device=p.device, dtype=p.dtype)
-                self.model.forward_step(x0.detach(), zero, actions, self.cache, write=True)
+                self.model.forward_step(xw, tw, actions, self.cache, write=True)
         return x0
 
 
