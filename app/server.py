@@ -375,6 +375,8 @@ class PlayServer:
 
     def __init__(self, cfg: ServeConfig, factory: Callable[[], World], first_world: World):
         self.cfg = cfg
+        if cfg.max_sessions is None:  # load_world measures it; a world made elsewhere must say
+            raise ValueError("max_sessions must be set when the worlds do not come from load_world")
         self.pool = WorldPool(factory, cfg.max_sessions, first_world)
         self.fps = frame_rate(cfg, first_world)
         self.started = time.time()

@@ -322,7 +322,7 @@ class ThrottledGame(GameSession):
 
 
 def test_the_page_says_when_generation_cannot_keep_up(context, tmp_path):
-    cfg = ServeConfig(port=0, game=True, size=32, recordings=tmp_path)
+    cfg = ServeConfig(port=0, game=True, size=32, recordings=tmp_path, max_sessions=2)
     with ServerThread(cfg, lambda: ThrottledGame(32)) as srv:
         page, errors = open_page(context, srv.url + "/")
         page.wait_for_selector("#slow", state="visible", timeout=30_000)
