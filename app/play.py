@@ -133,7 +133,8 @@ def load_world(cfg: ServeConfig) -> tuple[Callable[[], World], World]:
 
     template = WorldSession.from_checkpoint(cfg.checkpoint, device=cfg.device)
     if cfg.max_sessions is None:
-        cfg.max_sessions, how = device_capacity(template, cfg.fps or template.fps,
+        # at least 2: a reload holds the old session for a moment while the new one starts
+        cfg.max_sessions, how = device_capacity(template, cfg.fps or template.fps, floor=2,
                                                 cache=cfg.capacity_cache)
         log.info("wm play: --max-sessions %d: %s", cfg.max_sessions, how)
     world = BatchedWorld(template, rows=cfg.max_sessions)

@@ -53,7 +53,9 @@ def served(tmp_path_factory):
     checkpoint = make_random_checkpoint(root / "tiny")
     meta = json.loads((checkpoint / "student.json").read_text())
     (checkpoint / "student.json").write_text(json.dumps(meta | {"worlds": WORLDS}))
-    proc, url = spawn("--checkpoint", str(checkpoint), "--recordings", str(root / "rec"))
+    # a fixed cap, not one measured at start-up: a reload briefly holds two sessions
+    proc, url = spawn("--checkpoint", str(checkpoint), "--recordings", str(root / "rec"),
+                      "--max-sessions", "2")
     yield url, root / "rec"
     proc.terminate()
     proc.wait(timeout=30)
