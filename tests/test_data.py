@@ -52,16 +52,20 @@ def test_collection_resumes_and_skips_finished(dataset):
         assert (p / "frames.u8").stat().st_mtime_ns == mtime
 
 
-def test_explorer_covers_the_action_space():
-    game, player = Game(3, 32), Explorer(3)
+def played(game: Game, player, frames: int) -> tuple[np.ndarray, set[str]]:
+    """A policy played on the game: its action vectors (frames, A) and the behaviours seen."""
     game.reset()
     acts, behaviours = [], set()
-    for _ in range(3000):
+    for _ in range(frames):
         a = player.act(game)
         game.step(a)
         acts.append(a.to_vector())
         behaviours.add(player.behaviour)
-    acts = np.stack(acts)
+    return np.stack(acts), behaviours
+
+
+def test_explorer_covers_the_action_space():
+    acts, behaviours = played(Game(3, 32), Explorer(3), 3000)
     assert behaviours == set(Explorer.BEHAVIOURS)
     assert (acts[:, :6].mean(0) > 0.01).all(), "every key is held sometimes"
     assert (acts[:, :6].sum(1) == 0).mean() > 0.05, "standing still happens"
@@ -117,15 +121,7 @@ def test_fixed_worlds_cycle_from_random_places_and_replay(tmp_path):
 
 
 def test_play_policy_covers_the_action_space():
-    game, player = Game(7, 32), Player(7)
-    game.reset()
-    acts, behaviours = [], set()
-    for _ in range(3000):
-        a = player.act(game)
-        game.step(a)
-        acts.append(a.to_vector())
-        behaviours.add(player.behaviour)
-    acts = np.stack(acts)
+    acts, behaviours = played(Game(7, 32), Player(7), 3000)
     assert behaviours == set(Player.BEHAVIOURS)
     assert (acts[:, :6].mean(0) > 0.005).all(), "every key is held sometimes"
     assert (~acts.any(1)).mean() > 0.02, "standing still happens"

@@ -253,17 +253,22 @@ def test_threads_per_session(tiny):
         assert world.ticks < 30  # some ticks carried more than one player
 
 
+def slow_down(world: BatchedWorld, seconds: float) -> None:
+    """Make every tick of world take `seconds` longer."""
+    generate = world._generate
+
+    def slowed(batch):
+        time.sleep(seconds)
+        return generate(batch)
+
+    world._generate = slowed
+
+
 def test_ticks_longer_than_idle_still_batch_everyone(tiny):
     """Players whose ticks take longer than idle_s are still waited for: otherwise each
     would look idle at the next tick and the batch would fall apart into single steps."""
     with BatchedWorld.from_checkpoint(tiny, rows=3, max_wait_s=5.0, idle_s=0.05) as world:
-        slow = world._generate
-
-        def generate(batch):
-            time.sleep(0.1)
-            return slow(batch)
-
-        world._generate = generate
+        slow_down(world, 0.1)
         sessions = [world.session() for _ in range(3)]
         ctx = context(sessions[0].size)
         for s in sessions:
@@ -333,13 +338,7 @@ def test_a_split_batch_joins_again(tiny):
     carried together again from the next round on, even when a tick lasts longer than
     max_wait_s: the wait for the others counts from the end of the last tick."""
     with BatchedWorld.from_checkpoint(tiny, rows=2, max_wait_s=0.1, idle_s=5.0) as world:
-        slow = world._generate
-
-        def generate(batch):
-            time.sleep(0.25)
-            return slow(batch)
-
-        world._generate = generate
+        slow_down(world, 0.25)
         sessions = [world.session() for _ in range(2)]
         ctx = context(sessions[0].size)
         for s in sessions:
