@@ -431,10 +431,11 @@ def fmt(v, spec: str = ".3f") -> str:
 
 
 def format_stage_table(rows: list[dict], h: int) -> str:
-    lines = [f"| stage | IDM forward acc | IDM yaw sign acc | one-step PSNR | PSNR@{h} | realism |",
+    lines = [f"| stage | IDM forward acc (chance) | IDM yaw sign acc | one-step PSNR | PSNR@{h} | realism |",
              "|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['stage']} | {fmt(row['forward_acc'])} | {fmt(row['yaw_sign_acc'])} | "
+        chance = f" ({row['forward_chance']:.2f})" if row.get("forward_chance") is not None else ""
+        lines.append(f"| {row['stage']} | {fmt(row['forward_acc'])}{chance} | {fmt(row['yaw_sign_acc'])} | "
                      f"{fmt(row['one_step_psnr'], '.2f')} | {fmt(row['psnr16'], '.2f')} | "
                      f"{fmt(row['realism'], '.2f')} |")
     return "\n".join(lines)
@@ -483,8 +484,9 @@ def write_report(r: dict, rules: CollapseRules, path: Path) -> None:
               + "): ![frames](rollout_frames.png)", ""]
     lines += [
         "## Stage table: where the picture and the controls are lost", "",
-        "IDM accuracies on consecutive frames of each stage (the forward key; the sign of commanded "
-        "turns); one-step: real context, one generated frame (teacher-forced, GameNGen's headline "
+        "IDM accuracies on consecutive frames of each stage (the forward key, with the accuracy of "
+        "always guessing its commoner state; the sign of commanded turns), pooled for the rollout rows "
+        "over the explorer rollouts and the behaviour probes; one-step: real context, one generated frame (teacher-forced, GameNGen's headline "
         f"number), over {r['one_step']['windows']} windows; PSNR@{r['stage_table_horizon']}: the "
         "explorer rollouts above; PSNR means are over MSE. Realism: the game's median distance to "
         "real views near its poses over the stream's (1 = as real as the game; see below).", "",
@@ -719,6 +721,7 @@ def run_probes(streams: dict, worlds: list[int], seen: bool, cfg: EvalConfig, si
     names = [p.strip() for p in cfg.probes.split(",") if p.strip()]
     fps = 20
     result: dict = {}
+    pooled: dict[str, tuple[list, list]] = {}
     for probe in names:
         n_all = max(cfg.probe_frames, cfg.teacher_probe_frames if "teacher" in streams else 0)
         errs: dict[str, list[np.ndarray]] = {}
@@ -769,9 +772,13 @@ def run_probes(streams: dict, worlds: list[int], seen: bool, cfg: EvalConfig, si
             }
         result[probe] = {"streams": rows,
                          "controls": {n: realism(np.concatenate(d), d_all) for n, d in ctrl_dist.items()}}
+        for name, (pred, act) in pairs.items():  # pooled over the probes for the stage table
+            pool = pooled.setdefault("real" if name == "game" else name, ([], []))
+            pool[0].extend(pred)
+            pool[1].extend(act)
         log(f"probe {tag}{probe}: realism " + ", ".join(f"{n} {v['realism']:.2f}" for n, v in rows.items())
             + " | controls " + ", ".join(f"{n} {v:.2f}" for n, v in result[probe]["controls"].items()))
-    return result
+    return result, pooled
 
 
 STAGES = (("real frames", "real", None), ("tokenizer recon", "tokenizer", "tokenizer"),
@@ -796,7 +803,8 @@ def stage_table(step: dict, idm_streams: dict, psnr16: dict, rollout_realism: di
         else:
             idm, real_score = step["streams"][one]["idm"], step["streams"][one]["realism"]
         rows.append({"stage": label, "stream": src,
-                     "forward_acc": idm["forward_acc"], "yaw_sign_acc": idm["yaw_sign_acc"],
+                     "forward_acc": idm["forward_acc"], "forward_chance": idm["forward_chance"],
+                     "yaw_sign_acc": idm["yaw_sign_acc"], "idm_pairs": idm["pairs"],
                      "one_step_psnr": step["streams"][one]["psnr"] if one and one != "real" else None,
                      "psnr16": psnr16.get(roll) if roll else None, "realism": real_score})
     return rows
@@ -890,13 +898,14 @@ def evaluate(cfg: EvalConfig) -> dict:
     result["one_step"] = one_step(streams, unseen, False, cfg, size, ctx, tok, idm_model)
     probe_worlds = unseen[:cfg.probe_worlds]
     if cfg.probes:
-        result["probes"] = run_probes(streams, probe_worlds, False, cfg, size, ctx, tok, idm_model, out, "")
+        result["probes"], probe_pairs = run_probes(streams, probe_worlds, False, cfg, size, ctx, tok,
+                                                   idm_model, out, "")
     if declared:
         seen = result["worlds"]["seen"]
         result["seen"] = {"one_step": one_step(streams, seen, True, cfg, size, ctx, tok, idm_model)}
         if cfg.probes and not cfg.quick:  # --quick: one-step only in the trained-on worlds
             result["seen"]["probes"] = run_probes(streams, seen[:cfg.probe_worlds], True, cfg, size, ctx,
-                                                  tok, idm_model, out, "seen_")
+                                                  tok, idm_model, out, "seen_")[0]
 
     rules = CollapseRules()
     stab, long_pairs = stability(session, cfg, ctx, idm_model, rules, out)
@@ -917,7 +926,15 @@ def evaluate(cfg: EvalConfig) -> dict:
     }
     h16 = "16" if "16" in result["psnr"].get("student", {}) else str(horizons[-1])
     result["stage_table_horizon"] = int(h16)
-    result["stage_table"] = stage_table(result["one_step"], scores,
+    # the stage table's rollout rows pool the explorer rollouts with the behaviour probes: the
+    # explorer alone holds forward nearly always, where "always forward" would score 1.0
+    pooled = {n: (list(p), list(idm_act)) for n, p in idm_pred.items() if p}
+    for n, (p, a) in (probe_pairs if cfg.probes else {}).items():
+        pool = pooled.setdefault(n, ([], []))
+        pool[0].extend(p)
+        pool[1].extend(a)
+    stage_scores = {n: score(np.concatenate(p), np.concatenate(a)) for n, (p, a) in pooled.items() if p}
+    result["stage_table"] = stage_table(result["one_step"], stage_scores,
                                         {n: v[h16] for n, v in result["psnr"].items()}, rollout_realism)
     result["settings"] = {k: (list(v) if isinstance(v, tuple) else v)
                           for k, v in asdict(cfg).items()}

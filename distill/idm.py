@@ -195,6 +195,7 @@ def score(pred: np.ndarray, actions: np.ndarray) -> dict:
         "key_acc": float(per_key.mean()),
         "key_chance": float(np.maximum(rate, 1 - rate).mean()),
         "per_key_acc": {k: float(v) for k, v in zip(KEYS, per_key)},
+        "per_key_chance": {k: float(max(v, 1 - v)) for k, v in zip(KEYS, rate)},
         "camera_err": float(np.abs(cam_p - cam_t).mean()) if len(pred) else float("nan"),
         "camera_sign_acc": float(same[moving].mean()) if moving.any() else None,
         "per_camera_err": {k: float(np.abs(cam_p[:, i] - cam_t[:, i]).mean()) if len(pred) else None

@@ -116,5 +116,6 @@ def psnr_of_mse(m) -> float:
 
 def idm_summary(s: dict) -> dict:
     """The IDM scores a stage table shows: forward key and yaw direction accuracy."""
-    return {"forward_acc": s["per_key_acc"]["forward"], "yaw_sign_acc": s["per_camera_sign_acc"]["yaw"],
+    return {"forward_acc": s["per_key_acc"]["forward"], "forward_chance": s["per_key_chance"]["forward"],
+            "yaw_sign_acc": s["per_camera_sign_acc"]["yaw"],
             "key_acc": s["key_acc"], "camera_err": s["camera_err"], "pairs": s["pairs"]}

@@ -126,6 +126,13 @@ def test_eval_json(tmp_path, capsys):
     assert [row["stage"] for row in r["stage_table"]] == [
         "real frames", "tokenizer recon", "student", "repeat last frame"]
     assert r["stage_table"][0]["realism"] == 1.0
+    # the rollout rows' IDM pools the explorer rollouts with the probes: standing still
+    # releases forward, so always guessing it can no longer score 1.0
+    real_rollout_pairs = r["idm"]["streams"]["real"]["pairs"]
+    assert 0.5 <= r["stage_table"][0]["forward_chance"] < 1.0
+    stand_walk_pairs = sum(r["probes"][p]["streams"]["game"]["idm"]["pairs"] for p in ("stand", "walk"))
+    assert stand_walk_pairs > 0 and real_rollout_pairs > 0
+    assert r["stage_table"][0]["idm_pairs"] == real_rollout_pairs + stand_walk_pairs
     for row in r["stage_table"][1:]:
         assert math.isfinite(row["one_step_psnr"]) and row["realism"] > 0, row
     assert set(r["probes"]) == {"stand", "walk"}
