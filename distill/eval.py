@@ -65,7 +65,7 @@ import torch
 from distill.collect import EVAL_SEED_START, Explorer
 from distill.distill import parse_worlds
 from distill.idm import IDM, IDM_PRESETS, ensure_idm, score
-from distill.probes import PROBES, idm_summary, mse, play, psnr_of_mse
+from distill.probes import PROBES, idm_summary, mse, play, psnr_of_mse, start_state
 from distill.realism import RealismJudge, controls, realism
 from distill.sample import dream_teacher, play_game
 from distill.strips import save_side_by_side, save_strip
@@ -118,7 +118,8 @@ class EvalConfig:
     json: bool = False  # print the result as one JSON object on stdout
 
 
-# what --quick changes: the stage table, the stand and walk probes, 1,000 frames of realism
+# what --quick changes: the stage table, the stand and walk probes (in unseen and declared worlds),
+# 1,000 frames of realism
 QUICK = {"seeds": 1, "rollouts": 1, "horizons": "1,4,16", "stability_frames": 1000,
          "response_frames": 0, "probes": "stand,walk", "probe_frames": 65,
          "teacher_probe_frames": 9, "one_step_windows": 8, "teacher_steps": 16,
@@ -530,7 +531,9 @@ def write_report(r: dict, rules: CollapseRules, path: Path) -> None:
         "(what ignoring the actions scores); *_long: the long stability session.", "",
         "## Stability: one long session", "",
         f"{st['frames']} frames of the student next to the real game under the same explorer "
-        f"actions (world {st['seed']}). **Verdict: {verdict}.**", "",
+        f"actions (world {st['seed']}, "
+        + ("trained on, from a random pose with an explorer seeded 1000000 + world" if st.get("seen")
+           else "never trained on, from its spawn") + f"). **Verdict: {verdict}.**", "",
         f"In the late window the student's sharpness is {st['sharpness_ratio']:.2f}x the real "
         f"frames' lower level and {st['sharpness_ratio_high']:.2f}x their upper level, its "
         f"contrast {st['contrast_ratio']:.2f}x; colour distance {st['hist_distance']:.3f} (real "
@@ -903,12 +906,15 @@ def evaluate(cfg: EvalConfig) -> dict:
     if declared:
         seen = result["worlds"]["seen"]
         result["seen"] = {"one_step": one_step(streams, seen, True, cfg, size, ctx, tok, idm_model)}
-        if cfg.probes and not cfg.quick:  # --quick: one-step only in the trained-on worlds
+        if cfg.probes:
             result["seen"]["probes"] = run_probes(streams, seen[:cfg.probe_worlds], True, cfg, size, ctx,
                                                   tok, idm_model, out, "seen_")[0]
 
     rules = CollapseRules()
-    stab, long_pairs = stability(session, cfg, ctx, idm_model, rules, out)
+    # the long session plays where the checkpoint is meant to be played: its first declared
+    # world when it declares any, else the first world never trained on
+    stab_world, stab_seen = (result["worlds"]["seen"][0], True) if declared else (unseen[0], False)
+    stab, long_pairs = stability(session, cfg, ctx, idm_model, rules, out, stab_world, stab_seen)
     result["stability"] = stab
 
     scores = {n: score(np.concatenate(p), np.concatenate(idm_act)) for n, p in idm_pred.items() if p}
@@ -987,13 +993,16 @@ def plot_realism(segs: dict, path: Path) -> None:
 
 
 def stability(session: WorldSession, cfg: EvalConfig, ctx: int, idm_model: IDM,
-              rules: CollapseRules, out: Path):
-    """The student for `stability_frames` frames next to the game under the explorer."""
+              rules: CollapseRules, out: Path, seed: int, seen: bool):
+    """The student for `stability_frames` frames next to the game under the explorer, in world
+    `seed`. In a trained-on world (seen) it starts from a random pose with an explorer seeded
+    apart from collection's, as the mixed probe does; elsewhere from the spawn."""
     from tqdm import tqdm
 
-    seed, n = cfg.seed_start, cfg.stability_frames
-    game, player = Game(seed, session.size), Explorer(seed)
-    frames, actions = [game.reset()], [Action()]
+    n = cfg.stability_frames
+    game = Game(seed, session.size)
+    player = Explorer(EVAL_SEED_START + seed if seen else seed)
+    frames, actions = [game.restore(start_state(game, seed)) if seen else game.reset()], [Action()]
     for _ in range(ctx - 1):
         a = player.act(game)
         frames.append(game.step(a))
@@ -1061,7 +1070,7 @@ def stability(session: WorldSession, cfg: EvalConfig, ctx: int, idm_model: IDM,
         return {k: float(np.nanmedian(s[k])) for k in ("brightness", "contrast", "sharpness")} | {
             "hist_distance": float(np.median(hist_distance(s["hist"], ref_hist)))}
 
-    result = {"frames": n, "seed": seed, **verdict, "rules": asdict(rules), "realism": segs,
+    result = {"frames": n, "seed": seed, "seen": seen, **verdict, "rules": asdict(rules), "realism": segs,
               "median": {"student": summary(student), "real": summary(real)},
               "curves": {name: {k: s[k].round(3).tolist() for k in ("brightness", "contrast", "sharpness")}
                          | {"hist_distance": hist_distance(s["hist"], ref_hist).round(4).tolist()}
@@ -1124,6 +1133,14 @@ def main(args: argparse.Namespace) -> int:
     print(f"IDM key accuracy: real {i['real_key_acc']:.3f}, student {i['student_key_acc']:.3f} "
           f"(chance {i['key_chance']:.3f}); camera error: real {i['real_camera_err']:.3f}, "
           f"student {i['student_camera_err']:.3f}")
+    for where, probes in (("never trained on", r.get("probes", {})),
+                          ("trained on", r.get("seen", {}).get("probes", {}))):
+        for probe, pr in probes.items():
+            rows = {n: row for n, row in pr["streams"].items() if "psnr" in row and n != "tokenizer"}
+            hs = "/".join(rows["student"]["psnr"])
+            print(f"probe {probe} ({where}), PSNR@{hs} and realism: " + "; ".join(
+                f"{n} {'/'.join(f'{v:.1f}' for v in row['psnr'].values())} ({row['realism']:.2f})"
+                for n, row in rows.items()))
     s = r["stability"]
     print(f"stability over {s['frames']} frames: "
           + ("collapsed (" + ", ".join(s["reasons"]) + ")" if s["collapsed"] else "not collapsed"))

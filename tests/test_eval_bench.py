@@ -143,6 +143,7 @@ def test_eval_json(tmp_path, capsys):
     segs = r["stability"]["realism"]
     assert len(segs["mid"]) == 2 and all(v > 0 for v in segs["student"])
     assert r["worlds"]["declared"] is None and "seen" not in r
+    assert (r["stability"]["seed"], r["stability"]["seen"]) == (EVAL_SEED_START, False)
     assert "Stage table" in (tmp_path / "eval" / "report.md").read_text()
 
     # the baseline, computed here from the game alone: repeat the last context frame
@@ -283,6 +284,8 @@ def test_counterfactual_response_of_the_game_and_of_a_frozen_picture(tmp_path, c
     assert r["worlds"]["seen"] == [3] and r["worlds"]["unseen"] == [EVAL_SEED_START]
     assert set(r["seen"]["probes"]) == {"stand", "walk"}
     assert (tmp_path / "eval" / "strip_seen_walk_student.png").is_file()
+    # the long session plays in a declared world; without any, in the world never trained on
+    assert (r["stability"]["seed"], r["stability"]["seen"]) == (3, True)
 
 
 def test_effect_corr_sees_the_direction_of_a_shift():
