@@ -208,7 +208,7 @@ class Play:
         self.side_by_side = False
         self.game: Game | None = None  # the real game beside the dream
         self.recording: Recording | None = None
-        self.seed = seed if seed is not None else random.randrange(protocol.MAX_SEED)
+        self.seed = seed if seed is not None else self.random_seed()
         self.frame = 0  # frames since the world began (recording does not restart the count)
         # the last context_length frames and the actions that led into them, on screen and
         # in the real game beside it: what a recording or a resync restarts the dream from
@@ -254,12 +254,17 @@ class Play:
         with self._inputs_lock:
             self.inputs.clear()
 
+    def random_seed(self) -> int:
+        """A new world: one of the model's own when it declares any, else any seed."""
+        worlds = self.world.worlds
+        return random.choice(worlds) if worlds else random.randrange(protocol.MAX_SEED)
+
     def control(self, msg: protocol.Message) -> Reply:
         """Reset, Record, Pause, SideBySide or Resync; answered with a state message (and
         `saved` when a recording ends)."""
         reply = Reply()
         if isinstance(msg, protocol.Reset):
-            seed = msg.seed if msg.seed is not None else random.randrange(protocol.MAX_SEED)
+            seed = msg.seed if msg.seed is not None else self.random_seed()
             reply.messages += self._stop_recording()
             self._clear_inputs()
             reply.frames = self.reset(seed)

@@ -123,6 +123,23 @@ def test_a_checkpoint_declares_the_worlds_it_was_trained_on(tmp_path):
     assert WorldSession.from_checkpoint(folder).worlds == [5, 11]
 
 
+def test_a_new_world_is_one_of_the_models_own_when_it_declares_them(tmp_path):
+    class FixedWorlds(GameSession):
+        worlds = [5, 11]
+
+    cfg = ServeConfig(game=True, recordings=tmp_path)
+    seeds = set()
+    for _ in range(12):
+        play = Play(FixedWorlds(32), cfg, raw)
+        play.start()
+        seeds.add(play.seed)
+        play.control(protocol.Reset(seed=None))
+        seeds.add(play.seed)
+    assert seeds == {5, 11}
+    play.control(protocol.Reset(seed=42))  # a typed seed is still taken as it is
+    assert play.seed == 42
+
+
 def video_times(path) -> list[float]:
     import av
 
