@@ -118,6 +118,8 @@ class EvalConfig:
     json: bool = False  # print the result as one JSON object on stdout
 
 
+PROBE_HORIZONS = (1, 4, 16, 64, 200, 1000)  # frames of each probe its PSNR is reported at
+
 # what --quick changes: the stage table, the stand and walk probes (in unseen and declared worlds),
 # 1,000 frames of realism
 QUICK = {"seeds": 1, "rollouts": 1, "horizons": "1,4,16", "stability_frames": 1000,
@@ -447,11 +449,11 @@ def probe_report(probes: dict, tag: str) -> list[str]:
     for probe, v in probes.items():
         lines += [f"**{probe}** (controls' realism: " + ", ".join(f"{n} {x:.2f}" for n, x in v["controls"].items())
                   + ")", "",
-                  "| stream | frames | PSNR@1 | @4 | @16 | @64 | realism | IDM forward acc | yaw sign acc | key acc |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| stream | frames | PSNR@1 | @4 | @16 | @64 | @200 | @1000 | realism | IDM forward acc | yaw sign acc | key acc |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for n, row in v["streams"].items():
             ps = row.get("psnr", {})
-            lines.append(f"| {n} | {row['frames']} | " + " | ".join(fmt(ps.get(h), ".2f") for h in ("1", "4", "16", "64"))
+            lines.append(f"| {n} | {row['frames']} | " + " | ".join(fmt(ps.get(str(h)), ".2f") for h in PROBE_HORIZONS)
                          + f" | {row['realism']:.2f} | {fmt(row['idm']['forward_acc'])} | "
                          f"{fmt(row['idm']['yaw_sign_acc'])} | {fmt(row['idm']['key_acc'])} |")
         strips = [n for n in v["streams"] if n not in ("game", "baseline")]
@@ -719,7 +721,7 @@ def one_step(streams: dict, worlds: list[int], seen: bool, cfg: EvalConfig, size
 
 def run_probes(streams: dict, worlds: list[int], seen: bool, cfg: EvalConfig, size: int, ctx: int,
                tok: Tokenizer, idm_model: IDM, out: Path, tag: str) -> dict:
-    """Every probe in every world for every stream: PSNR at 1, 4, 16, 64 frames (mean over
+    """Every probe in every world for every stream: PSNR at PROBE_HORIZONS frames (mean over
     MSE), realism, IDM scores; strips of the first world and a video of its mixed probe."""
     names = [p.strip() for p in cfg.probes.split(",") if p.strip()]
     fps = 20
@@ -769,7 +771,7 @@ def run_probes(streams: dict, worlds: list[int], seen: bool, cfg: EvalConfig, si
             e = np.stack([x[:min(map(len, errs[name]))] for x in errs[name]])  # (worlds, n)
             rows[name] = {
                 "frames": e.shape[1],
-                "psnr": {str(h): psnr_of_mse(e[:, h - 1]) for h in (1, 4, 16, 64) if h <= e.shape[1]},
+                "psnr": {str(h): psnr_of_mse(e[:, h - 1]) for h in PROBE_HORIZONS if h <= e.shape[1]},
                 "realism": realism(np.concatenate(dist[name]), np.concatenate(game_dist[name])),
                 "idm": idm_summary(score(np.concatenate(pairs[name][0]), np.concatenate(pairs[name][1]))),
             }
