@@ -38,7 +38,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,9 @@ class PackConfig:
     tokenizer: str = "runs/tokenizer/model"
     out: str = "runs/world-model"
     worlds: str | None = None  # the game seeds trained on, "0-199" or "3,5,8"; None: any world
+    # the sampler's sinks and window at inference, when not the student's own (-1: its own)
+    sinks: int = -1
+    window: int = -1
 
 
 def parse_worlds(text: str | None) -> list[int] | None:
@@ -80,7 +83,13 @@ def pack(cfg: PackConfig) -> Path:
     if latent != (student.cfg.latent_channels, student.cfg.latent_size):
         raise ValueError(f"tokenizer latents {latent} (channels, size) do not fit the student's "
                          f"{(student.cfg.latent_channels, student.cfg.latent_size)}")
-    folder = save_world_model(cfg.out, tok, student, s_meta.sampler, {
+    sampler = s_meta.sampler
+    if cfg.sinks >= 0 or cfg.window >= 0:
+        sampler = replace(sampler, sinks=cfg.sinks if cfg.sinks >= 0 else sampler.sinks,
+                          window=cfg.window if cfg.window >= 0 else sampler.window)
+        if sampler.window < 1:
+            raise ValueError(f"--window must be at least 1 (the new frame), not {sampler.window}")
+    folder = save_world_model(cfg.out, tok, student, sampler, {
         "distill": {"stage": meta["stage"], "step": meta["step"], "teacher": meta["teacher"],
                     "student": cfg.student, "tokenizer": cfg.tokenizer},
         "worlds": parse_worlds(cfg.worlds)})

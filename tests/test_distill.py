@@ -273,6 +273,13 @@ def test_distill_end_to_end(tmp_path):
     wm_distill("pack", "--student", dmd_dir / "model", "--tokenizer", tmp_path / "tok",
                "--out", tmp_path / "world-few", "--worlds", "0-2,7")
     assert WorldSession.from_checkpoint(tmp_path / "world-few").worlds == [0, 1, 2, 7]
+    wm_distill("pack", "--student", dmd_dir / "model", "--tokenizer", tmp_path / "tok",
+               "--out", tmp_path / "world-sinks", "--sinks", "2", "--window", "1")
+    sunk = WorldSession.from_checkpoint(tmp_path / "world-sinks")
+    assert sunk.sampler.cfg == StudentConfig(window=1, sinks=2, context_length=2)
+    with pytest.raises(ValueError, match="--window"):
+        wm_distill("pack", "--student", dmd_dir / "model", "--tokenizer", tmp_path / "tok",
+                   "--out", tmp_path / "world-none", "--window", "0")
     session.reset(np.zeros((3, 32, 32, 3), np.uint8))
     for a in (Action(), Action(forward=True), Action(yaw=0.5)):
         frame = session.step(a)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from distill.collapse import CollapseRules, collapse_verdict, sequence_stats
 from distill.collect import EVAL_SEED_START, Explorer
-from distill.eval import CollapseRules, collapse_verdict, effect_corr, sequence_stats
+from distill.eval import effect_corr
 from distill.idm import IDM, IDMConfig, fit_idm, score
 from worldmodel import cli
 from worldmodel.actions import Action
