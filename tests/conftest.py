@@ -44,6 +44,16 @@ def tiny_pipeline(tmp_path_factory) -> TinyPipeline:
 
 
 @pytest.fixture(scope="module")
+def one_torch_thread():
+    """Models and tensors this small gain nothing from threads, and on a busy machine the
+    threads' waiting costs far more than the work."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
 def serve_threads():
     """The torch thread count `wm play` sets for itself (cores / sessions): on two busy
     cores, more threads make every step wait on the others."""

@@ -26,13 +26,7 @@ C, H = 4, 4  # tiny preset latents
 STEPS, SHIFT, CFG = 8, 3.0, 1.5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models this small run faster on one thread than on several."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_dit(seed=0):

@@ -25,14 +25,7 @@ from worldmodel.sampling import StudentConfig, StudentSampler
 A = 8  # action dim
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tensors this small gain nothing from threads, and on a busy machine the threads' waiting
-    # costs far more than the work.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_model(dtype=torch.float64, seed=0, **overrides) -> DiT:
