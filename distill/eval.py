@@ -64,7 +64,7 @@ import numpy as np
 import torch
 
 from distill.collapse import CollapseRules, FrameStats, collapse_verdict, hist_distance
-from distill.collect import EVAL_SEED_START, Explorer
+from distill.collect import EVAL_SEED_START
 from distill.distill import parse_worlds
 from distill.eval_report import (
     MODELS,
@@ -77,7 +77,7 @@ from distill.eval_report import (
     write_report,
 )
 from distill.idm import IDM, IDM_PRESETS, ensure_idm, score
-from distill.probes import PROBES, idm_summary, mse, play, psnr_of_mse, start_state
+from distill.probes import PROBES, first_frame, idm_summary, mse, play, policy, psnr_of_mse
 from distill.realism import RealismJudge, controls, realism
 from distill.sample import dream_teacher, play_game
 from distill.strips import save_side_by_side, save_strip
@@ -358,6 +358,15 @@ def one_step(streams: dict, worlds: list[int], seen: bool, cfg: EvalConfig, size
     return {"worlds": worlds, "windows": len(act), "streams": out}
 
 
+def pool_pairs(into: dict[str, tuple[list, list]], pairs: dict[str, tuple[list, list]]) -> dict:
+    """Add each stream's IDM guesses and commanded actions (lists of arrays) to `into`."""
+    for name, (pred, act) in pairs.items():
+        pool = into.setdefault(name, ([], []))
+        pool[0].extend(pred)
+        pool[1].extend(act)
+    return into
+
+
 def run_probes(streams: dict, worlds: list[int], seen: bool, cfg: EvalConfig, size: int, ctx: int,
                tok: Tokenizer, idm_model: IDM, out: Path, tag: str) -> dict:
     """Every probe in every world for every stream: PSNR at PROBE_HORIZONS frames (mean over
@@ -416,10 +425,7 @@ def run_probes(streams: dict, worlds: list[int], seen: bool, cfg: EvalConfig, si
             }
         result[probe] = {"streams": rows,
                          "controls": {n: realism(np.concatenate(d), d_all) for n, d in ctrl_dist.items()}}
-        for name, (pred, act) in pairs.items():  # pooled over the probes for the stage table
-            pool = pooled.setdefault("real" if name == "game" else name, ([], []))
-            pool[0].extend(pred)
-            pool[1].extend(act)
+        pool_pairs(pooled, {"real" if n == "game" else n: p for n, p in pairs.items()})
         log(f"probe {tag}{probe}: realism " + ", ".join(f"{n} {v['realism']:.2f}" for n, v in rows.items())
             + " | controls " + ", ".join(f"{n} {v:.2f}" for n, v in result[probe]["controls"].items()))
     return result, pooled
@@ -541,6 +547,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                         "seen": (declared or [])[:cfg.seeds]}
     result["one_step"] = one_step(streams, unseen, False, cfg, size, ctx, tok, idm_model)
     probe_worlds = unseen[:cfg.probe_worlds]
+    probe_pairs: dict[str, tuple[list, list]] = {}  # IDM guesses and actions per stream
     if cfg.probes:
         result["probes"], probe_pairs = run_probes(streams, probe_worlds, False, cfg, size, ctx, tok,
                                                    idm_model, out, "")
@@ -575,11 +582,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     result["stage_table_horizon"] = int(h16)
     # the stage table's rollout rows pool the explorer rollouts with the behaviour probes: the
     # explorer alone holds forward nearly always, where "always forward" would score 1.0
-    pooled = {n: (list(p), list(idm_act)) for n, p in idm_pred.items() if p}
-    for n, (p, a) in (probe_pairs if cfg.probes else {}).items():
-        pool = pooled.setdefault(n, ([], []))
-        pool[0].extend(p)
-        pool[1].extend(a)
+    pooled = pool_pairs({}, {n: (p, idm_act) for n, p in idm_pred.items() if p})
+    pool_pairs(pooled, probe_pairs)
     stage_scores = {n: score(np.concatenate(p), np.concatenate(a)) for n, (p, a) in pooled.items() if p}
     result["stage_table"] = stage_table(result["one_step"], stage_scores,
                                         {n: v[h16] for n, v in result["psnr"].items()}, rollout_realism)
@@ -619,8 +623,8 @@ def stability(session: WorldSession, cfg: EvalConfig, ctx: int, idm_model: IDM,
 
     n = cfg.stability_frames
     game = Game(seed, session.size)
-    player = Explorer(EVAL_SEED_START + seed if seen else seed)
-    frames, actions = [game.restore(start_state(game, seed)) if seen else game.reset()], [Action()]
+    player = policy("mixed", seed, seen)  # the explorer, seeded as the mixed probe's
+    frames, actions = [first_frame(game, seed, seen)], [Action()]
     for _ in range(ctx - 1):
         a = player.act(game)
         frames.append(game.step(a))

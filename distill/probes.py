@@ -88,10 +88,16 @@ def start_state(game: Game, world: int) -> dict:
     return random_states(game, 1, np.random.default_rng([world, 4049]))[0]
 
 
+def first_frame(game: Game, world: int, seen: bool) -> np.ndarray:
+    """Where a probe starts: in a trained-on world (seen) a random pose, not the spawn where
+    every training episode began; elsewhere the spawn."""
+    return game.restore(start_state(game, world)) if seen else game.reset()
+
+
 def play(world: int, size: int, n: int, name: str, context: int, seen: bool) -> Episode:
     """n frames: `context` still frames, then the probe `name` (closed loop on the game)."""
     game = Game(world, size)
-    frames = [game.restore(start_state(game, world)) if seen else game.reset()]
+    frames = [first_frame(game, world, seen)]
     actions, states = [Action()], [game.state()]
     player = policy(name, world, seen)
     for t in range(n - 1):
