@@ -13,7 +13,9 @@ recorded on; on CPU also with the torch thread count it was recorded with
 (meta["threads"]), which replay sets for the time it runs and reports. A dream served by `wm play` was one row of a
 `BatchedWorld`; meta["sampling"]["batch_rows"] says how many rows its batches had, and the
 replay runs a world of that many rows, since a session's frames depend on that shape and on
-nothing else about its batch mates.
+nothing else about its batch mates; meta["sampling"]["fuse_write"] whether the cache writes
+rode with the next frame's first step (the same frames up to rounding), which the replay
+does the same way.
 """
 
 from __future__ import annotations
@@ -149,6 +151,10 @@ def _session(ep: Episode, device: str | None, checkpoint: str | None):
             f"checkpoint {session.name!r} has hash {session.checkpoint_hash[:12]}, but the "
             f"recording was made with {recorded['hash'][:12]}: pass --checkpoint"
         )
+    fused = (ep.meta.get("sampling") or {}).get("fuse_write")
+    if fused is None:  # recorded before it was written down: only samplers without sinks fused
+        fused = session.sampler.fuse_write and session.sampler.cfg.sinks == 0
+    session.sampler.fuse_write = bool(fused)
     return session
 
 

@@ -283,9 +283,9 @@ def test_sinks():
     out = run_steps(model, cache, x[:, S + W :], t[:, S + W :], a[:, S + W :])
     assert torch.equal(cache.kv[:, :, :, :, : S * model.cfg.tokens_per_frame], sink_kv)
     assert cache.slot_time[:S] == [0, 1] and sorted(cache.slot_time[S:]) == [F - 2, F - 1]
-    pos, visible = cache.layout(1)
+    pos, visible, extra = cache.layout(1)
     assert pos.tolist() == [0, 1] + [2 + f - (F - 2) for f in cache.slot_time[S:]] + [4]
-    assert visible.all()
+    assert visible.all() and extra is None
     assert torch.isfinite(out).all()
     no_sinks = run_steps(model, model.init_cache(1, window=W), x, t, a)
     assert not torch.allclose(out[:, -1], no_sinks[:, -1])
@@ -451,15 +451,38 @@ def test_forward_step_trains_through_the_current_chunk():
     assert model.patch_embed.weight.grad.abs().sum() > 0
 
 
+def test_fused_layout_repeats_the_sinks_for_the_new_frame():
+    # Sinks 4, window 2 (a ring of 1), frames 0-5 written: the cache holds 0-3 and 5. A fused
+    # pass writes frame 6 and generates 7. Written alone, 6 sees sinks at 0..3, 5 at 4 and
+    # itself at 5; then 7 sees sinks at 0..3, 6 at 4, itself at 5. In one pass 7 sits at 6,
+    # so it needs the sinks at 1..4: four extra keys, which only 7 sees.
+    model = make_model()
+    cache = model.init_cache(1, window=2, sinks=4)
+    cache.slot_time, cache.frames = [0, 1, 2, 3, 5], 6
+    pos, visible, extra = cache.layout(2, split=1)
+    assert extra.tolist() == [0, 1, 2, 3]
+    assert pos.tolist() == [1, 2, 3, 4] + [0, 1, 2, 3, 4, 5, 6]
+    #                      extra sinks   sinks   5  6  7
+    assert visible.tolist() == [[False] * 4 + [True] * 6 + [False],
+                                [True] * 4 + [False] * 5 + [True, True]]
+    plain = cache.layout(2)  # the same keys without a split: no extra ones
+    assert plain[2] is None and plain[0].tolist() == [0, 1, 2, 3, 4, 5, 6]
+    no_sinks = model.init_cache(1, window=3)
+    no_sinks.slot_time, no_sinks.frames = [4, 5], 6
+    assert no_sinks.layout(2, split=1)[2] is None  # without sinks the move is a uniform shift
+
+
 @pytest.mark.parametrize("prev_frame,cache_level", [(False, 0.0), (True, 0.0), (True, 0.1)])
-@pytest.mark.parametrize("window,chunk", [(3, 1), (4, 1), (5, 2)])
-def test_fused_cache_write_equals_a_separate_pass(window, chunk, prev_frame, cache_level):
+@pytest.mark.parametrize("window,chunk,sinks", [(3, 1, 0), (4, 1, 0), (5, 2, 0), (2, 1, 4),
+                                                (3, 1, 1), (2, 1, 3), (3, 2, 2), (4, 3, 5)])
+def test_fused_cache_write_equals_a_separate_pass(window, chunk, sinks, prev_frame, cache_level):
     """The sampler caches each generated chunk inside the next chunk's first denoising pass;
     the frames are those of a separate write pass, over a session long enough to wrap the
-    ring many times."""
+    ring many times. With sinks, also while the sinks are still filling (more sinks than
+    context frames, so that generated frames become sinks inside a fused pass)."""
     model = make_model(prev_frame=prev_frame)
-    assert not StudentSampler(model, StudentConfig(sinks=1)).fuse_write  # see its docstring
-    cfg = StudentConfig(window=window, chunk=chunk, context_length=2, cache_level=cache_level)
+    cfg = StudentConfig(window=window, chunk=chunk, sinks=sinks, context_length=2,
+                        cache_level=cache_level)
     x, _, a = make_inputs(model, B=2, F=2 + 12 * chunk)
     frames = {}
     for fuse in (False, True):

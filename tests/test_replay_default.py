@@ -173,3 +173,25 @@ def wait_message(link: LocalLink, want) -> dict:
         return next((m for m in seen if want(m)), None)
 
     return wait_for(got, what="a message")
+
+
+def test_replay_writes_the_cache_as_the_recording_did(tmp_path):
+    """A recording says whether each frame's cache write rode with the next frame's first
+    step; one made before it said so, with the default's sinks, wrote it in a pass of its
+    own, and so does its replay."""
+    from app.replay import _session
+
+    root = tmp_path / "cli"
+    code = cli.main(["pygame", "--local", "--checkpoint", "default", "--recordings", str(root),
+                     "--frames", "10", "--record", "--seed", "5", "--script", "forward:4,yaw=0.5:6"])
+    assert code == 0
+    (rec,) = list(root.iterdir())
+    meta = json.loads((rec / "meta.json").read_text())
+    assert meta["sampling"]["fuse_write"] is True
+    assert_replays(rec)
+    for recorded, expected in ((False, False), (True, True), (None, False)):
+        meta["sampling"].pop("fuse_write", None)
+        if recorded is not None:
+            meta["sampling"]["fuse_write"] = recorded
+        (rec / "meta.json").write_text(json.dumps(meta))
+        assert _session(Episode(rec), None, None).sampler.fuse_write is expected

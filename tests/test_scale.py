@@ -73,7 +73,7 @@ def test_two_players_share_ticks_and_each_recording_replays_exactly(checkpoint, 
     for name in names:
         rec = tmp_path / "recordings" / name
         ep = Episode(rec)
-        assert ep.meta["sampling"] == {"batch_rows": 2} and len(ep) >= 6
+        assert ep.meta["sampling"] == {"batch_rows": 2, "fuse_write": True} and len(ep) >= 6
         result = replay(rec)
         print(name, result)
         # Known gap, also on the unbatched server of one WorldSession per player: with two

@@ -49,7 +49,8 @@ def context(size: int, n: int = 3, seed: int = 3) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("window,sinks,chunk,prev_frame,cache_level",
                          [(4, 0, 1, False, 0.0), (3, 1, 1, False, 0.0), (5, 0, 2, False, 0.0),
-                          (4, 0, 1, True, 0.1), (3, 1, 1, True, 0.0)])
+                          (4, 0, 1, True, 0.1), (3, 1, 1, True, 0.0), (2, 4, 1, False, 0.0),
+                          (2, 3, 1, True, 0.1), (3, 2, 2, False, 0.0)])
 def test_slot_rows_equal_separate_samplers(window, sinks, chunk, prev_frame, cache_level):
     """Rows of a SlotKVCache that start at different times and skip ticks produce, row by
     row, the latents of a batch-1 sampler of their own (same math, other shapes)."""
@@ -61,7 +62,7 @@ def test_slot_rows_equal_separate_samplers(window, sinks, chunk, prev_frame, cac
     acts = torch.randn(3, 16, chunk, A, generator=g, dtype=torch.float64)
     slots = SlotKVCache(model.cfg, 3, window, sinks, dtype=torch.float64)
     batched = StudentSampler(model, cfg, cache=slots)
-    assert batched.fuse_write == (sinks == 0 and chunk == 1)
+    assert batched.fuse_write == (chunk == 1)  # sinks or not
     alone = [StudentSampler(model, cfg) for _ in range(3)]
     gens = [torch.Generator().manual_seed(10 + r) for r in range(3)]
     gens_alone = [torch.Generator().manual_seed(10 + r) for r in range(3)]
@@ -154,7 +155,8 @@ def test_batched_session_matches_world_session(tiny):
         s = world.session()
         s.reset(ctx, seed=7)
         got = [s.step(a) for a in acts]
-        assert s.sampling == {"batch_rows": 2} and template.sampling == {"batch_rows": None}
+        assert s.sampling == {"batch_rows": 2, "fuse_write": True}
+        assert template.sampling == {"batch_rows": None, "fuse_write": True}
         assert s.frame_index == 8 and s.last_timings["rows"] == 2
         s.reset(ctx, seed=8)
         assert not np.array_equal(s.step(acts[0]), got[0])  # the seed matters
@@ -190,7 +192,7 @@ def test_groups_run_only_when_stepped(tiny):
             s = world.session()
             s.reset(ctx, seed=3)
             frames[rows] = [s.step(a) for a in script(5, 1)]
-            assert s.sampling == {"batch_rows": 2}
+            assert s.sampling == {"batch_rows": 2, "fuse_write": True}
             assert [sm.cache.slots[0].frames for sm in world.samplers][1:] in ([], [0])
             # the context and every frame but the last, which waits to ride on the next step
             assert world.samplers[0].cache.slots[0].frames == template.context_length + 5 - 1

@@ -187,9 +187,11 @@ class Attention(nn.Module):
         self.q_norm, self.k_norm = norm(), norm()
         self.proj = nn.Linear(cfg.dim, cfg.dim)
 
-    def forward(self, x, rope_q, rope_k, mask, past=None):
-        """x (B, L, D); rope_q for the L queries, rope_k for past + L keys; past (k, v) or None.
-        Returns the output (B, L, D) and this input's (k, v), unrotated, for a KV cache."""
+    def forward(self, x, rope_q, rope_k, mask, past=None, extra=None):
+        """x (B, L, D); rope_q for the L queries, rope_k for extra + past + L keys; past (k, v)
+        or None; extra: token indices (Le,) or per row (B, Le) among past + L of keys repeated
+        in front (see `KVCache.layout`), or None. Returns the output (B, L, D) and this
+        input's (k, v), unrotated, for a KV cache."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (B, H, L, Dh)
         q, k = self.q_norm(q), self.k_norm(k)
@@ -197,6 +199,13 @@ class Attention(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, H, Lpast + L, Dh)
             v = torch.cat([past[1], v], dim=2)
+        if extra is not None:
+            if extra.dim() == 1:
+                k, v = torch.cat([k[:, :, extra], k], 2), torch.cat([v[:, :, extra], v], 2)
+            else:  # per row
+                index = extra[:, None, :, None]
+                k = torch.cat([torch.take_along_dim(k, index, dim=2), k], 2)
+                v = torch.cat([torch.take_along_dim(v, index, dim=2), v], 2)
         q, k = apply_rope(q, *rope_q), apply_rope(k, *rope_k)
         out = attention(q, k, v, mask=mask, backend=self.backend)  # (B, H, L, Dh)
         return self.proj(out.transpose(1, 2).reshape(B, L, D)), new
@@ -217,13 +226,13 @@ class DiTBlock(nn.Module):
         )
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
 
-    def forward(self, x, c, rope_q, rope_k, mask, past=None):
+    def forward(self, x, c, rope_q, rope_k, mask, past=None, extra=None):
         """x (B, F, N, D), c (B, F, D) -> x (B, F, N, D), (k, v) of this block's attention."""
         B, Fr, N, D = x.shape
         mods = self.ada(c)[:, :, None].chunk(6, dim=-1)  # 6 x (B, F, 1, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods
         h = modulate(self.norm1(x), shift1, scale1).reshape(B, Fr * N, D)
-        h, kv = self.attn(h, rope_q, rope_k, mask, past)  # (B, F*N, D)
+        h, kv = self.attn(h, rope_q, rope_k, mask, past, extra)  # (B, F*N, D)
         x = x + gate1 * h.view(B, Fr, N, D)
         x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
         return x, kv
@@ -301,18 +310,80 @@ class KVCache:
         n = len(self.slot_time) * self.tokens_per_frame
         return self.kv[layer, 0, :, :, :n], self.kv[layer, 1, :, :, :n]
 
-    def layout(self, chunk: int) -> tuple[Tensor, Tensor]:
-        """RoPE frame positions (Fk,) float64 and visibility (chunk, Fk) for the keys of one
-        step: the filled slots, then `chunk` new frames. Sinks get positions 0..S-1, the ring
-        frames (by time) the next ones, and the new frames continue after them."""
-        n_sinks = min(len(self.slot_time), self.sinks)
-        first = min(self.slot_time[n_sinks:], default=self.frames)  # oldest frame in the ring
-        times = torch.tensor(self.slot_time + list(range(self.frames, self.frames + chunk)))
+    def _layout(self, slot_time: list[int], frames: int, chunk: int):
+        """Frame times (Fk,), RoPE positions (Fk,) and visibility (chunk, Fk) of the keys of
+        one step from a cache holding `slot_time` after `frames` frames: the filled slots,
+        then `chunk` new frames. Sinks get positions 0..S-1, the ring frames (by time) the next
+        ones, and the new frames continue after them."""
+        n_sinks = min(len(slot_time), self.sinks)
+        first = min(slot_time[n_sinks:], default=frames)  # oldest frame in the ring
+        times = torch.tensor(slot_time + list(range(frames, frames + chunk)))
         pos = torch.where(torch.arange(len(times)) < n_sinks, times, n_sinks + times - first)
         visible = frame_mask(
             times[-chunk:], times, causal=True, window=self.window, sinks=self.sinks
         )
-        return pos.double(), visible
+        return times, pos, visible
+
+    def layout(self, chunk: int, split: int = 0) -> tuple[Tensor, Tensor, Tensor | None]:
+        """RoPE frame positions (E + Fk,) float64, visibility (chunk, E + Fk) and the extra
+        keys (E,) for one step: the filled slots, then `chunk` new frames (see `_layout`).
+
+        split = n: the chunk's first n frames are cached in this very pass (the sampler's
+        fused write), and every frame must see what it would see if they had been written in
+        a pass of their own first. The ring then moves between the two groups of queries, so
+        the sinks sit one frame nearer to the later group than the single positions of
+        `_layout` put them. E extra keys repeat those sinks at the positions the later group
+        needs: extra[e] is the index, among the Fk keys, of the frame that extra key e
+        repeats, and its position and visibility come first. extra is None when no key needs
+        repeating (always without sinks, where the move is a uniform shift)."""
+        times, pos, visible = self._layout(self.slot_time, self.frames, chunk)
+        if not split or not self.sinks:
+            return pos.double(), visible, None
+        n = len(self.slot_time)
+        column = {int(u): i for i, u in enumerate(times)}  # frame time -> key index
+        entries = {(i, int(p)): i for i, p in enumerate(pos)}  # (key, position) -> column
+        extra: list[tuple[int, int]] = []  # (key repeated, its position)
+        wants: list[list[tuple[int, int]]] = []  # per query, the (key, position)s it sees
+        groups = ((self.slot_time, self.frames, 0, split), (*self._after(split), split, chunk))
+        for slot_time, frames, q0, q1 in groups:
+            ref_times, ref_pos, ref_visible = self._layout(slot_time, frames, q1 - q0)
+            for j in range(q0, q1):
+                q_ref = int(ref_pos[len(slot_time) + j - q0])
+                shift = int(pos[n + j]) - q_ref  # this query's position here minus there
+                seen = ref_visible[j - q0].tolist()
+                wants.append([(column[int(u)], int(p) + shift)
+                              for u, p, v in zip(ref_times, ref_pos, seen) if v])
+                for key in wants[-1]:
+                    if key not in entries:
+                        entries[key] = -1 - len(extra)
+                        extra.append(key)
+        if not extra:
+            return pos.double(), visible, None
+        E = len(extra)
+        all_pos = torch.tensor([p for _, p in extra] + pos.tolist(), dtype=torch.float64)
+        all_visible = torch.zeros(chunk, E + len(times), dtype=torch.bool)
+        for j, seen in enumerate(wants):
+            for key in seen:
+                c = entries[key]
+                all_visible[j, E + c if c >= 0 else -1 - c] = True
+        return all_pos, all_visible, torch.tensor([k for k, _ in extra])
+
+    def _writes(self, frames: int, chunk: int):
+        """(j, time, slot) of each frame j of a chunk appended after `frames` frames that
+        takes a slot: a frame evicted within the chunk itself takes none."""
+        for j in range(chunk):
+            time, slot = frames + j, self._slot(frames + j)
+            if slot is None or (time >= self.sinks and frames + chunk - time > self.ring):
+                continue
+            yield j, time, slot
+
+    def _after(self, n: int) -> tuple[list[int], int]:
+        """slot_time and frames once n more frames are appended, the cache left as it is."""
+        slot_time = list(self.slot_time)
+        for _, time, slot in self._writes(self.frames, n):
+            slot_time += [-1] * (slot + 1 - len(slot_time))
+            slot_time[slot] = time
+        return slot_time, self.frames + n
 
     def _slot(self, time: int) -> int | None:
         if time < self.sinks:
@@ -333,10 +404,7 @@ class KVCache:
             self.last.copy_(last)
         N = self.tokens_per_frame
         chunk = new_kv[0][0].shape[2] // N
-        for j in range(chunk):
-            time, slot = self.frames + j, self._slot(self.frames + j)
-            if slot is None or (time >= self.sinks and self.frames + chunk - time > self.ring):
-                continue  # evicted within this very chunk
+        for j, time, slot in self._writes(self.frames, chunk):
             for layer, (k, v) in enumerate(new_kv):
                 self.kv[layer, 0, :, :, slot * N : (slot + 1) * N] = k[:, :, j * N : (j + 1) * N]
                 self.kv[layer, 1, :, :, slot * N : (slot + 1) * N] = v[:, :, j * N : (j + 1) * N]
@@ -386,23 +454,30 @@ class SlotKVCache:
         """(k, v) of every slot of every row, each (rows, H, slots*N, Dh)."""
         return self.shared.kv[layer, 0], self.shared.kv[layer, 1]
 
-    def layout(self, chunk: int) -> tuple[Tensor, Tensor]:
-        """Per row: RoPE positions (rows, Fk) and visibility (rows, chunk, Fk) over all slots
-        and then the chunk, Fk = slots + chunk; a row's unfilled slots are invisible."""
-        key = (chunk, *((c.frames, *c.slot_time) for c in self.slots))
+    def layout(self, chunk: int, split: int = 0) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Per row: RoPE positions (rows, Fk), visibility (rows, chunk, Fk) and, with a split
+        (see `KVCache.layout`), the extra keys (rows, E), over E = S extra keys, every slot
+        and then the chunk, Fk = E + slots + chunk. A row's unfilled slots and unused extra
+        keys are invisible; extra[r, e] indexes row r's slots."""
+        key = (chunk, split, *((c.frames, *c.slot_time) for c in self.slots))
         if key in self._layouts:
             return self._layouts[key]
         S = self.n_slots
-        pos = torch.zeros(len(self.slots), S + chunk, dtype=torch.float64)
-        visible = torch.zeros(len(self.slots), chunk, S + chunk, dtype=torch.bool)
+        E = self.shared.sinks if split else 0
+        pos = torch.zeros(len(self.slots), E + S + chunk, dtype=torch.float64)
+        visible = torch.zeros(len(self.slots), chunk, E + S + chunk, dtype=torch.bool)
+        extra = torch.zeros(len(self.slots), E, dtype=torch.long) if E else None
         for r, c in enumerate(self.slots):
-            p, v = c.layout(chunk)  # filled slots first, then the chunk
-            n = len(c.slot_time)
-            pos[r, :n], pos[r, S:] = p[:n], p[n:]
-            visible[r, :, :n], visible[r, :, S:] = v[:, :n], v[:, n:]
-        self._layouts = {key: (pos, visible)} | {k: x for k, x in self._layouts.items()
-                                                 if k[0] != chunk}  # one per chunk size
-        return pos, visible
+            p, v, x = c.layout(chunk, split)  # extra keys, filled slots, then the chunk
+            e, n = 0 if x is None else len(x), len(c.slot_time)
+            pos[r, :e], pos[r, E:E + n], pos[r, E + S:] = p[:e], p[e:e + n], p[e + n:]
+            visible[r, :, :e] = v[:, :e]
+            visible[r, :, E:E + n], visible[r, :, E + S:] = v[:, e:e + n], v[:, e + n:]
+            if e:  # always filled sinks: a frame becomes a sink while the ring is empty
+                extra[r, :e] = x
+        self._layouts = {key: (pos, visible, extra)} | {
+            k: x for k, x in self._layouts.items() if k[:2] != (chunk, split)}  # one per shape
+        return pos, visible, extra
 
     def previous(self) -> Tensor | None:
         """Every row's last frame written (rows, 1, C, h, w); None without prev_frame."""
@@ -566,15 +641,19 @@ class DiT(nn.Module):
         cfg = self.cfg
         B, Fc, C, h, w = x.shape
         tokens, c = self.embed(x, t, actions, action_mask, cache.previous())  # (B, Fc, N, D)
-        # the cached frames, then the chunk: (Fk,), (Fc, Fk); per row (B, Fk), (B, Fc, Fk)
-        pos, visible = cache.layout(Fc)
+        # Extra keys, the cached frames, then the chunk: (Fk,), (Fc, Fk), (E,); per row (B, Fk),
+        # (B, Fc, Fk), (B, E). A fused write (write=n) needs the extra keys, see KVCache.layout.
+        pos, visible, extra = cache.layout(Fc, 0 if isinstance(write, bool) else int(write))
         cos, sin = self.rope(pos.to(x.device), tokens.dtype)  # (Fk*N, Dh) or (B, 1, Fk*N, Dh)
         n_q = Fc * cfg.tokens_per_frame
         rope_q, rope_k = (cos[..., -n_q:, :], sin[..., -n_q:, :]), (cos, sin)
         mask = self.token_mask(visible, x.device)  # (Fc*N, Fk*N), (B, 1, Fc*N, Fk*N) or None
+        if extra is not None:  # frame indices -> token indices
+            N = cfg.tokens_per_frame
+            extra = (extra[..., None] * N + torch.arange(N)).flatten(-2).to(x.device)
         new_kv = []
         for layer, block in enumerate(self.blocks):
-            tokens, kv = block(tokens, c, rope_q, rope_k, mask, cache.past(layer))
+            tokens, kv = block(tokens, c, rope_q, rope_k, mask, cache.past(layer), extra)
             new_kv.append(kv)
         if write:
             n = (Fc if write is True else int(write)) * cfg.tokens_per_frame

@@ -54,9 +54,8 @@ class StudentSampler:
     A generated frame's keys and values go into the cache with one more forward pass at
     t = 0. With fuse_write (the default) that pass rides along with the next frame's first
     denoising step, as one 2-frame causal chunk: the same attention, 4 passes a frame
-    instead of 5. Only without sinks: positions after the sinks count from the oldest frame
-    in the ring, which the fused pass still holds, so with sinks the distances to the sinks
-    would be off by one frame.
+    instead of 5. With sinks the new frame sees the sinks at the distances a separate write
+    would leave, through repeated sink keys (see `KVCache.layout`).
 
     With a `SlotKVCache` (cache=...) each batch row is a session of its own: `prefill(...,
     row=r)` starts row r alone, and `step(..., rows=...)` advances only the flagged rows, each
@@ -68,7 +67,7 @@ class StudentSampler:
                  fuse_write: bool = True, cache: SlotKVCache | None = None):
         self.model = model
         self.cfg = cfg
-        self.fuse_write = fuse_write and cfg.sinks == 0 and (cache is None or cfg.chunk == 1)
+        self.fuse_write = fuse_write and (cache is None or cfg.chunk == 1)
         self.timesteps = flow.student_timesteps(cfg.steps, cfg.shift).tolist()
         p = next(model.parameters())
         self.cache: KVCache | SlotKVCache = cache if cache is not None else model.init_cache(

@@ -284,7 +284,8 @@ class BatchedSession:
     @property
     def sampling(self) -> dict[str, Any]:
         """What a replay must match to regenerate this session's frames exactly."""
-        return {"batch_rows": self.world.group}
+        return {"batch_rows": self.world.group,
+                "fuse_write": self.world.samplers[0].fuse_write}
 
     def reset(self, context_frames, context_actions=None, seed: int = 0) -> None:
         """As `WorldSession.reset`; runs between ticks, touching only this session's row."""

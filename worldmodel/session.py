@@ -124,8 +124,9 @@ class WorldSession:
     @property
     def sampling(self) -> dict[str, Any]:
         """What a replay must match to regenerate this session's frames exactly: here the
-        unbatched path (a `worldmodel.scheduler.BatchedWorld` runs `batch_rows` rows)."""
-        return {"batch_rows": None}
+        unbatched path (a `worldmodel.scheduler.BatchedWorld` runs `batch_rows` rows), and
+        whether each frame's cache write rode with the next frame's first step."""
+        return {"batch_rows": None, "fuse_write": self.sampler.fuse_write}
 
     @torch.no_grad()
     def encode_context(self, context_frames, context_actions=None) -> tuple[torch.Tensor, torch.Tensor]:
