@@ -22,7 +22,11 @@ frames, as it does a few frames into a session, and the scores see the last clip
 the student's own earlier frames as clean context, then the frames that carry gradient.
 This trains the student where it plays, not only next to real context.
 
-Logged: gen_loss, critic_loss, dmd_grad_norm (RMS of grad), and real_x0_loss, the MSE of the
+With real_weight w > 0 the generator also regresses its scored frames onto the clip's real
+frames under the same actions, w * 0.5 * mse(x, real) (DMD2's regression term): the real
+clip says where the actions lead, which the teacher's score of a weak teacher says faintly.
+
+Logged: gen_loss (the regression term included), critic_loss, dmd_grad_norm (RMS of grad), and real_x0_loss, the MSE of the
 student's whole rollout against the real frames of the clip, a cheap check that it does not
 drift.
 The run folder's model.safetensors is the EMA of the generator, a student checkpoint.
@@ -73,6 +77,7 @@ class DmdConfig:
     beta2: float = 0.999
     critic_steps: int = 5  # critic updates per generator update
     teacher_cfg: float = TeacherConfig.cfg_scale  # guidance of the real score
+    real_weight: float = 0.0  # weight of the regression onto the real frames (0 = DMD alone)
     t_min: float = 0.02
     t_max: float = 0.98
     steps: int = 1000  # generator updates
@@ -153,9 +158,11 @@ def critic_loss(critic: DiT, context: torch.Tensor, x: torch.Tensor, actions: to
 
 def dmd_loss(x: torch.Tensor, context: torch.Tensor, actions: torch.Tensor, teacher: DiT,
              critic: DiT, cfg: DmdConfig, shift: float, mode: str,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             generator: torch.Generator | None = None, real: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """The generator's DMD loss for its frames x (B, N, C, h, w) that follow the clean context
-    (B, Fc, ...) under actions (B, Fc + N, A). Returns (loss, RMS of the DMD gradient)."""
+    (B, Fc, ...) under actions (B, Fc + N, A), plus cfg.real_weight * 0.5 * mse(x, real) with
+    the real frames (B, N, ...) of the clip. Returns (loss, RMS of the DMD gradient)."""
     Fc = context.shape[1]
     with torch.no_grad():
         _, _, x_t, t = noised_clip(context, x, cfg, shift, generator)
@@ -167,6 +174,10 @@ def dmd_loss(x: torch.Tensor, context: torch.Tensor, actions: torch.Tensor, teac
         norm = (gen - x0_real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
         grad = (x0_fake - x0_real) / norm
     loss = 0.5 * F.mse_loss(x.float(), gen - grad)
+    if cfg.real_weight:
+        if real is None:
+            raise ValueError("real_weight needs the clip's real frames")
+        loss = loss + cfg.real_weight * 0.5 * F.mse_loss(x.float(), real.float())
     return loss, grad.pow(2).mean().sqrt()
 
 
@@ -247,7 +258,8 @@ def train(cfg: DmdConfig) -> DiT:
             stats.setdefault("critic_loss", []).append(loss_c.item())
         context, actions, real = next_clip()
         context, x, actions, whole = play(context, actions)
-        loss_g, grad_norm = dmd_loss(x, context, actions, teacher, critic, cfg, shift, mode)
+        loss_g, grad_norm = dmd_loss(x, context, actions, teacher, critic, cfg, shift, mode,
+                                     real=real[:, -scored:])
         update(gen, loss_g)
         ema.update(gen, step)
         done = step + 1

@@ -1,6 +1,7 @@
 """The math of flow matching, sampling and distillation against numbers worked out by hand
 or fields whose solution is known: never against the function under test."""
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -246,3 +247,26 @@ def test_dmd_step_moves_the_student_toward_the_teacher():
     before = (x - R[:, Fc:]).abs()
     after = (x - 0.1 * x.numel() * x.grad - R[:, Fc:]).abs()
     assert (after < before).all()
+
+
+def test_dmd_regression_term_pulls_toward_the_real_frames():
+    # Teacher and critic agree, so the DMD gradient is 0; what is left is w * 0.5 * mse(x, real),
+    # whose gradient is w * (x - real) / numel.
+    B, Fc, N, shape = 2, 1, 2, (1, 2, 2)
+    g = torch.Generator().manual_seed(0)
+    R = torch.randn(B, Fc + N, *shape, generator=g)
+    real = torch.randn(B, N, *shape, generator=g)
+    net = X0Net(R)
+    x = (R[:, Fc:] + 1.0).clone().requires_grad_(True)
+    actions = torch.zeros(B, Fc + N, 8)
+    w = 2.0
+    cfg = DmdConfig(teacher_cfg=1.5, real_weight=w)
+    loss, rms = dmd_loss(x, R[:, :Fc], actions, net, net, cfg, 3.0, "bidirectional",
+                         torch.Generator().manual_seed(1), real=real)
+    assert rms.item() < 1e-6
+    expected = w * 0.5 * (x.detach() - real).pow(2).mean()
+    assert abs(loss.item() - expected.item()) < 1e-5
+    loss.backward()
+    torch.testing.assert_close(x.grad, w * (x.detach() - real) / x.numel(), atol=1e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match="real frames"):
+        dmd_loss(x, R[:, :Fc], actions, net, net, cfg, 3.0, "bidirectional")
