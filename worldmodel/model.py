@@ -200,12 +200,9 @@ class Attention(nn.Module):
             k = torch.cat([past[0], k], dim=2)  # (B, H, Lpast + L, Dh)
             v = torch.cat([past[1], v], dim=2)
         if extra is not None:
-            if extra.dim() == 1:
-                k, v = torch.cat([k[:, :, extra], k], 2), torch.cat([v[:, :, extra], v], 2)
-            else:  # per row
-                index = extra[:, None, :, None]
-                k = torch.cat([torch.take_along_dim(k, index, dim=2), k], 2)
-                v = torch.cat([torch.take_along_dim(v, index, dim=2), v], 2)
+            index = (extra if extra.dim() == 2 else extra[None])[:, None, :, None]
+            k = torch.cat([torch.take_along_dim(k, index, dim=2), k], 2)
+            v = torch.cat([torch.take_along_dim(v, index, dim=2), v], 2)
         q, k = apply_rope(q, *rope_q), apply_rope(k, *rope_k)
         out = attention(q, k, v, mask=mask, backend=self.backend)  # (B, H, L, Dh)
         return self.proj(out.transpose(1, 2).reshape(B, L, D)), new
@@ -381,6 +378,7 @@ class KVCache:
         """slot_time and frames once n more frames are appended, the cache left as it is."""
         slot_time = list(self.slot_time)
         for _, time, slot in self._writes(self.frames, n):
+            # A chunk may fill ring slots out of order; by its end they form a prefix again.
             slot_time += [-1] * (slot + 1 - len(slot_time))
             slot_time[slot] = time
         return slot_time, self.frames + n
@@ -404,14 +402,11 @@ class KVCache:
             self.last.copy_(last)
         N = self.tokens_per_frame
         chunk = new_kv[0][0].shape[2] // N
-        for j, time, slot in self._writes(self.frames, chunk):
+        for j, _, slot in self._writes(self.frames, chunk):
             for layer, (k, v) in enumerate(new_kv):
                 self.kv[layer, 0, :, :, slot * N : (slot + 1) * N] = k[:, :, j * N : (j + 1) * N]
                 self.kv[layer, 1, :, :, slot * N : (slot + 1) * N] = v[:, :, j * N : (j + 1) * N]
-            # A chunk may fill ring slots out of order; by its end they form a prefix again.
-            self.slot_time += [-1] * (slot + 1 - len(self.slot_time))
-            self.slot_time[slot] = time
-        self.frames += chunk
+        self.slot_time, self.frames = self._after(chunk)
 
 
 class SlotKVCache:
