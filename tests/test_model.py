@@ -472,6 +472,34 @@ def test_fused_layout_repeats_the_sinks_for_the_new_frame():
     assert no_sinks.layout(2, split=1)[2] is None  # without sinks the move is a uniform shift
 
 
+@pytest.mark.parametrize("window,sinks", [(1, 0), (1, 2), (2, 0), (2, 4), (3, 1), (4, 0),
+                                          (4, 3), (5, 5)])
+def test_states_with_one_layout_key_have_one_layout(window, sinks):
+    """`forward_step` keeps its RoPE tables and masks by `layout_key`: every cache state that
+    shares a key must share the layout, for every chunk and fused split, from the first frame
+    on (the sinks still filling) through many turns of the ring; and a session that steps
+    one chunk size settles into a few keys, or the memo would buy nothing."""
+    model = make_model()
+    cache = model.init_cache(1, window=window, sinks=sinks)
+    g = torch.Generator().manual_seed(window * 10 + sinks)
+    seen: dict[tuple, tuple] = {}
+    late = set()
+    sizes = torch.randint(1, 4, (30,), generator=g).tolist() + [1] * 30
+    for i, size in enumerate(sizes):
+        for chunk in (1, 2, 3):
+            for split in range(chunk):
+                key, layout = cache.layout_key(chunk, split), cache.layout(chunk, split)
+                if i >= 45 and (chunk, split) == (2, 1):
+                    late.add(key)
+                if key not in seen:
+                    seen[key] = layout
+                    continue
+                for a, b in zip(seen[key], layout):
+                    assert (a is None and b is None) or torch.equal(a, b), (key, i)
+        cache.slot_time, cache.frames = cache._after(size)
+    assert len(late) <= max(window - 1, 1)
+
+
 @pytest.mark.parametrize("prev_frame,cache_level", [(False, 0.0), (True, 0.0), (True, 0.1)])
 @pytest.mark.parametrize("window,chunk,sinks", [(3, 1, 0), (4, 1, 0), (5, 2, 0), (2, 1, 4),
                                                 (3, 1, 1), (2, 1, 3), (3, 2, 2), (4, 3, 5)])

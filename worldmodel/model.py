@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from worldmodel.actions import ACTION_DIM, KEYS
@@ -193,16 +194,25 @@ class Attention(nn.Module):
         in front (see `KVCache.layout`), or None. Returns the output (B, L, D) and this
         input's (k, v), unrotated, for a KV cache."""
         B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (B, H, L, Dh)
-        q, k = self.q_norm(q), self.k_norm(k)
+        qkv = self.qkv(x).view(B, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, Dh)
+        if isinstance(self.q_norm, nn.RMSNorm):  # both norms in one call: the same numbers
+            w = torch.stack([self.q_norm.weight, self.k_norm.weight])[:, None, None, None]
+            q, k = F.rms_norm(qkv[:2], qkv.shape[-1:], eps=self.q_norm.eps) * w
+        else:
+            q, k = qkv[0], qkv[1]
+        v = qkv[2]
         new = (k, v)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, H, Lpast + L, Dh)
             v = torch.cat([past[1], v], dim=2)
         if extra is not None:
-            index = (extra if extra.dim() == 2 else extra[None])[:, None, :, None]
-            k = torch.cat([torch.take_along_dim(k, index, dim=2), k], 2)
-            v = torch.cat([torch.take_along_dim(v, index, dim=2), v], 2)
+            if extra.dim() == 1:
+                k = torch.cat([k.index_select(2, extra), k], 2)
+                v = torch.cat([v.index_select(2, extra), v], 2)
+            else:
+                index = extra[:, None, :, None]
+                k = torch.cat([torch.take_along_dim(k, index, dim=2), k], 2)
+                v = torch.cat([torch.take_along_dim(v, index, dim=2), v], 2)
         q, k = apply_rope(q, *rope_q), apply_rope(k, *rope_k)
         out = attention(q, k, v, mask=mask, backend=self.backend)  # (B, H, L, Dh)
         return self.proj(out.transpose(1, 2).reshape(B, L, D)), new
@@ -290,6 +300,7 @@ class KVCache:
             last_shape = (batch_size, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
             self.last = last if last is not None else torch.zeros(
                 last_shape, device=self.kv.device, dtype=self.kv.dtype)
+        self.tables: dict = {}  # per-step tensors of `DiT.step_tables`, by `layout_key`
         self.reset()
 
     def reset(self) -> None:
@@ -365,6 +376,14 @@ class KVCache:
                 all_visible[j, E + c if c >= 0 else -1 - c] = True
         return all_pos, all_visible, torch.tensor([k for k, _ in extra])
 
+    def layout_key(self, chunk: int, split: int = 0) -> tuple:
+        """A key under which `layout(chunk, split)` repeats: the slots' frame times relative
+        to the next frame, the sinks' as they are (0..S-1). The layout depends on nothing
+        else (the order of the slots tells which one a fused write fills), so a session
+        cycles through a few keys."""
+        return (chunk, split, tuple(t if t < self.sinks else t - self.frames
+                                    for t in self.slot_time))
+
     def _writes(self, frames: int, chunk: int):
         """(j, time, slot) of each frame j of a chunk appended after `frames` frames that
         takes a slot: a frame evicted within the chunk itself takes none."""
@@ -439,11 +458,15 @@ class SlotKVCache:
         ]
         self.n_slots = sinks + window - 1
         self.active = [True] * rows
-        self._layouts: dict[tuple, tuple[Tensor, Tensor]] = {}  # the steps of a tick share one
+        self.tables: dict = {}  # as KVCache.tables
 
     def reset(self) -> None:
         for c in self.slots:
             c.reset()
+
+    def layout_key(self, chunk: int, split: int = 0) -> tuple:
+        """A key under which `layout(chunk, split)` repeats: every row's (see KVCache's)."""
+        return (chunk, split, *(c.layout_key(chunk, split) for c in self.slots))
 
     def past(self, layer: int) -> tuple[Tensor, Tensor]:
         """(k, v) of every slot of every row, each (rows, H, slots*N, Dh)."""
@@ -454,9 +477,6 @@ class SlotKVCache:
         (see `KVCache.layout`), the extra keys (rows, E), over E = S extra keys, every slot
         and then the chunk, Fk = E + slots + chunk. A row's unfilled slots and unused extra
         keys are invisible; extra[r, e] indexes row r's slots."""
-        key = (chunk, split, *((c.frames, *c.slot_time) for c in self.slots))
-        if key in self._layouts:
-            return self._layouts[key]
         S = self.n_slots
         E = self.shared.sinks if split else 0
         pos = torch.zeros(len(self.slots), E + S + chunk, dtype=torch.float64)
@@ -470,8 +490,6 @@ class SlotKVCache:
             visible[r, :, E:E + n], visible[r, :, E + S:] = v[:, e:e + n], v[:, e + n:]
             if e:  # always filled sinks: a frame becomes a sink while the ring is empty
                 extra[r, :e] = x
-        self._layouts = {key: (pos, visible, extra)} | {
-            k: x for k, x in self._layouts.items() if k[:2] != (chunk, split)}  # one per shape
         return pos, visible, extra
 
     def previous(self) -> Tensor | None:
@@ -615,6 +633,27 @@ class DiT(nn.Module):
         w = self.patch_embed.weight
         return KVCache(self.cfg, batch_size, window, sinks, device or w.device, dtype or w.dtype)
 
+    def step_tables(self, cache: KVCache | SlotKVCache, chunk: int, split: int, device,
+                    dtype: torch.dtype) -> tuple:
+        """RoPE tables of the queries and the keys, the token mask and the extra keys' token
+        indices of a `forward_step` over `cache.layout(chunk, split)`, each computed once per
+        `cache.layout_key` and kept in the cache: in a session every step repeats a few."""
+        key = (cache.layout_key(chunk, split), self.cfg, device, dtype)
+        if key in cache.tables:
+            return cache.tables[key]
+        pos, visible, extra = cache.layout(chunk, split)
+        cos, sin = self.rope(pos.to(device), dtype)  # (Fk*N, Dh) or (B, 1, Fk*N, Dh)
+        n_q = chunk * self.cfg.tokens_per_frame
+        rope_q, rope_k = (cos[..., -n_q:, :], sin[..., -n_q:, :]), (cos, sin)
+        mask = self.token_mask(visible, device)  # (Fc*N, Fk*N), (B, 1, Fc*N, Fk*N) or None
+        if extra is not None:  # frame indices -> token indices
+            N = self.cfg.tokens_per_frame
+            extra = (extra[..., None] * N + torch.arange(N)).flatten(-2).to(device)
+        if len(cache.tables) >= 64:  # a bound for caches that never settle
+            cache.tables.clear()
+        cache.tables[key] = rope_q, rope_k, mask, extra
+        return cache.tables[key]
+
     def forward_step(
         self,
         x: Tensor,
@@ -638,14 +677,8 @@ class DiT(nn.Module):
         tokens, c = self.embed(x, t, actions, action_mask, cache.previous())  # (B, Fc, N, D)
         # Extra keys, the cached frames, then the chunk: (Fk,), (Fc, Fk), (E,); per row (B, Fk),
         # (B, Fc, Fk), (B, E). A fused write (write=n) needs the extra keys, see KVCache.layout.
-        pos, visible, extra = cache.layout(Fc, 0 if isinstance(write, bool) else int(write))
-        cos, sin = self.rope(pos.to(x.device), tokens.dtype)  # (Fk*N, Dh) or (B, 1, Fk*N, Dh)
-        n_q = Fc * cfg.tokens_per_frame
-        rope_q, rope_k = (cos[..., -n_q:, :], sin[..., -n_q:, :]), (cos, sin)
-        mask = self.token_mask(visible, x.device)  # (Fc*N, Fk*N), (B, 1, Fc*N, Fk*N) or None
-        if extra is not None:  # frame indices -> token indices
-            N = cfg.tokens_per_frame
-            extra = (extra[..., None] * N + torch.arange(N)).flatten(-2).to(x.device)
+        split = 0 if isinstance(write, bool) else int(write)
+        rope_q, rope_k, mask, extra = self.step_tables(cache, Fc, split, x.device, tokens.dtype)
         new_kv = []
         for layer, block in enumerate(self.blocks):
             tokens, kv = block(tokens, c, rope_q, rope_k, mask, cache.past(layer), extra)
