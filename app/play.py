@@ -129,7 +129,7 @@ def load_world(cfg: ServeConfig) -> tuple[Callable[[], World], World]:
             cfg.max_sessions = 2 * (os.cpu_count() or 1)  # the game costs next to nothing
         return factory, factory()
     from worldmodel.scheduler import BatchedWorld, device_capacity
-    from worldmodel.session import WorldSession
+    from worldmodel.session import WorldSession, freeze_heap
 
     template = WorldSession.from_checkpoint(cfg.checkpoint, device=cfg.device)
     if cfg.max_sessions is None:
@@ -138,7 +138,9 @@ def load_world(cfg: ServeConfig) -> tuple[Callable[[], World], World]:
                                                 cache=cfg.capacity_cache)
         log.info("wm play: --max-sessions %d: %s", cfg.max_sessions, how)
     world = BatchedWorld(template, rows=cfg.max_sessions)
-    return world.session, world.session()
+    first = world.session()
+    freeze_heap()
+    return world.session, first
 
 
 def frame_rate(cfg: ServeConfig, world: World) -> float:

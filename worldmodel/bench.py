@@ -52,7 +52,7 @@ from worldmodel.flags import add_config_arguments, config_from_args
 from worldmodel.game import Game
 from worldmodel.model import DiT
 from worldmodel.sampling import TeacherConfig, teacher_rollout
-from worldmodel.session import WorldSession, resolve_checkpoint
+from worldmodel.session import WorldSession, freeze_heap, resolve_checkpoint
 from worldmodel.tokenizer import Tokenizer, frames_to_tensor, tensor_to_frames
 
 MEMORY_EARLY = 100  # session frames before the first memory reading
@@ -302,6 +302,7 @@ def run_players(args: BenchConfig, device: torch.device) -> dict:
         raise SystemExit("wm bench: --players takes positive counts, e.g. 1,2,4,8")
     folder = resolve_checkpoint(args.checkpoint)
     template = WorldSession.from_checkpoint(folder, device=str(device))
+    freeze_heap()
     if args.separate_write:
         template.sampler.fuse_write = False
     p = next(template.model.parameters())
@@ -353,6 +354,7 @@ def run(args: BenchConfig) -> dict:
         raise SystemExit("wm bench: --frames and --teacher-frames must be positive")
     folder = resolve_checkpoint(args.checkpoint)
     session = WorldSession.from_checkpoint(folder, device=str(device))
+    freeze_heap()  # as `wm play` does once its worlds are loaded
     if args.separate_write:
         session.sampler.fuse_write = False
     torch.manual_seed(args.seed)

@@ -14,6 +14,7 @@ settings in the JSON), plus an optional `card.md` / `card.json`. A bare name suc
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import time
@@ -48,6 +49,15 @@ def resolve_checkpoint(path_or_name: str | Path) -> Path:
     raise FileNotFoundError(
         f"no world-model checkpoint at {path_or_name!r} (a folder with student.json and "
         f"tokenizer.json, or a name under {ASSETS})")
+
+
+def freeze_heap() -> None:
+    """Leave every object alive now (modules, weights, the loaded checkpoint) out of the
+    garbage collector's passes: they live as long as the process, and a full pass over them
+    every few hundred frames was the slowest frames' extra time. Servers and the bench call
+    it once their worlds are loaded."""
+    gc.collect()
+    gc.freeze()
 
 
 class WorldSession:
