@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("distill.train", "train the tokenizer or the teacher (wm train tokenizer|teacher)"),
     "cache-latents": ("distill.cache_latents", "encode a dataset once with a trained tokenizer"),
     "sample": ("distill.sample", "roll out a model from real context; video next to the game"),
-    "distill": ("distill.distill", "distil the teacher into the 4-step causal student"),
+    "distill": ("distill.distill", "distil the teacher into the few-step causal student"),
     "eval": ("distill.eval", "measure a checkpoint against the real game"),
     "bench": ("worldmodel.bench", "measure speed and memory of the student and the teacher"),
     "ui": ("app.studio", "gradio studio: recordings, replay, dreams, model card"),
