@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The default's whole training recipe (docs/train-your-own.md) as one command for a lent GPU
+# The default's whole training recipe (docs/train-your-own.md) as one command for a GPU
 # machine (one GPU, 16 cores, no registry access, about 10 minutes a command): play data
 # from the default's worlds on every core, latents from the shipped tokenizer, a teacher,
 # ODE pairs for a 3-step student, its initialisation, DMD with the regression term, and a
@@ -36,12 +36,12 @@ TOKENIZER="$ROOT/assets/default/tokenizer"
 
 case "$SCALE" in
     gpu)  # sizes for one H200: cuda, big batches, data from 16 processes
-        DEVICE=cuda; WORKERS=16; EPISODES=400; FRAMES=500
+        DEVICE=cuda; WORKERS=16; LOADERS=4; EPISODES=400; FRAMES=500
         TEACHER_BATCH=128; TEACHER_STEPS=8000; ODE_CLIPS=1024; ODE_BATCH=128
         INIT_BATCH=64; INIT_STEPS=3000; DMD_BATCH=16; DMD_STEPS=600
         : "${MINUTES_TEACHER:=3.5}" "${MINUTES_ODE:=1}" "${MINUTES_INIT:=1}" "${MINUTES_DMD:=1.5}";;
     rehearsal)  # the same commands on a CPU, tiny budgets: checks the job, not the model
-        DEVICE=cpu; WORKERS=2; EPISODES=4; FRAMES=60
+        DEVICE=cpu; WORKERS=2; LOADERS=1; EPISODES=4; FRAMES=60
         TEACHER_BATCH=4; TEACHER_STEPS=20; ODE_CLIPS=4; ODE_BATCH=2
         INIT_BATCH=2; INIT_STEPS=4; DMD_BATCH=1; DMD_STEPS=2
         : "${MINUTES_TEACHER:=0.3}" "${MINUTES_ODE:=0.5}" "${MINUTES_INIT:=0.3}" "${MINUTES_DMD:=1}";;
@@ -72,7 +72,7 @@ wm cache-latents --data "$WORK/data" --tokenizer "$TOKENIZER" --device "$DEVICE"
 stage "teacher: $MINUTES_TEACHER min"
 wm train teacher --model cpu-16 --data "$WORK/data" --tokenizer "$TOKENIZER" \
     --out "$WORK/teacher" --batch-size "$TEACHER_BATCH" --steps "$TEACHER_STEPS" \
-    --max-minutes "$MINUTES_TEACHER" --workers 4 --device "$DEVICE" > "$WORK/teacher.log" 2>&1
+    --max-minutes "$MINUTES_TEACHER" --workers "$LOADERS" --device "$DEVICE" > "$WORK/teacher.log" 2>&1
 
 stage "ODE pairs: $MINUTES_ODE min"
 wm distill ode --preset cpu --data "$WORK/data" --teacher "$WORK/teacher/model" \

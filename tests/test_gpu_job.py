@@ -1,4 +1,4 @@
-"""scripts/gpu_job.sh, the whole recipe as one command for a lent GPU machine: its CPU
+"""scripts/gpu_job.sh, the whole recipe as one command for a GPU machine: its CPU
 rehearsal runs every stage, the parts it leaves fit what such a machine sends back, and
 they unpack here into a student that plays."""
 
