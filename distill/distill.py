@@ -1,4 +1,4 @@
-"""`wm distill ode|init|dmd|pack`: distil the teacher into the 4-step causal student.
+"""`wm distill ode|init|dmd|pack`: distil the teacher into the few-step causal student.
 
     ode    ODE pairs: the teacher's many-step trajectories from real context   (distill.ode)
     init   the student (teacher weights, causal, KV cache) regresses them      (distill.student_init)

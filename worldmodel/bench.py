@@ -4,7 +4,7 @@
     wm bench --checkpoint runs/world-model --device cuda --json
     wm bench --checkpoint runs/world-model --teacher runs/teacher/model --teacher-steps 32
 
-student  `WorldSession.step` at batch 1, as a player gets frames: 4 denoising steps with the
+student  `WorldSession.step` at batch 1, as a player gets frames: its few denoising steps with the
          KV cache, then the tokenizer's decode to uint8; timed per frame after a warm-up.
 teacher  `teacher_rollout` one frame at a time, as `wm sample` dreams: `--teacher-steps` Euler
          steps per frame over a clip of the teacher's length, each step a doubled batch when

@@ -48,8 +48,8 @@ class TeacherConfig:
 
 
 class StudentSampler:
-    """4-step causal generation with a rolling KV cache: memory and time per frame are
-    constant in session length.
+    """Few-step causal generation (`cfg.steps` a frame) with a rolling KV cache: memory and
+    time per frame are constant in session length.
 
     A generated frame's keys and values go into the cache with one more forward pass at
     t = 0. With fuse_write (the default) that pass rides along with the next frame's first
