@@ -182,8 +182,9 @@ def test_replay_writes_the_cache_as_the_recording_did(tmp_path):
     from app.replay import _session
 
     root = tmp_path / "cli"
+    # frames shown before the record request lands are not recorded: 14 leave room for them
     code = cli.main(["pygame", "--local", "--checkpoint", "default", "--recordings", str(root),
-                     "--frames", "10", "--record", "--seed", "5", "--script", "forward:4,yaw=0.5:6"])
+                     "--frames", "14", "--record", "--seed", "5", "--script", "forward:6,yaw=0.5:8"])
     assert code == 0
     (rec,) = list(root.iterdir())
     meta = json.loads((rec / "meta.json").read_text())
