@@ -17,9 +17,10 @@ and the mixed probe gives a side-by-side mp4 (dream | game). Per probe: PSNR at 
 Realism (distill.realism). Each frame's distance to the nearest real view drawn by the game
 around its own poses, in features of layout and detail; the game's median distance over the
 stream's (1 for the game). The same for degenerate controls made from the game's frames
-(flat, tiled wall crop, shuffled patches), so that a collapse reads as one. The long
-session is scored per --segment-frames, plotted against time, and called collapsed
-("unreal") when its late segments score no higher than the tiled or shuffled control.
+(flat, tiled wall crop, shuffled patches, blurred view), so that a collapse reads as one.
+The long session is scored per --segment-frames, plotted against time, and called collapsed
+("unreal") when its late segments score no higher than the tiled, shuffled or blurred
+control.
 
 One-step. Real context, one generated frame: teacher-forced next-frame PSNR for every
 stream, next to repeating the last frame and the tokenizer's reconstruction.
@@ -78,7 +79,7 @@ from distill.eval_report import (
 )
 from distill.idm import IDM, IDM_PRESETS, ensure_idm, score
 from distill.probes import PROBES, first_frame, idm_summary, mse, play, policy, psnr_of_mse
-from distill.realism import RealismJudge, controls, realism
+from distill.realism import BAR_CONTROLS, CONTROLS, RealismJudge, controls, realism
 from distill.sample import dream_teacher, play_game
 from distill.strips import save_side_by_side, save_strip
 from worldmodel import checkpoint, flags
@@ -600,7 +601,7 @@ def segment_realism(world: int, size: int, real: np.ndarray, model: np.ndarray, 
                     segment: int) -> dict:
     """Realism of the model's frames and of the degenerate controls per `segment` frames,
     each against a bank of real views around the game's poses in that segment."""
-    out: dict[str, list] = {"mid": [], "student": [], "flat": [], "tiled": [], "shuffled": []}
+    out: dict[str, list] = {"mid": [], "student": [], **{c: [] for c in CONTROLS}}
     for a in range(0, len(real), segment):
         b = min(len(real), a + segment)
         if b - a < 2:
@@ -678,7 +679,7 @@ def stability(session: WorldSession, cfg: EvalConfig, ctx: int, idm_model: IDM,
     late = [i for i, m in enumerate(segs["mid"]) if m >= n * (1 - rules.late_fraction)] or [len(segs["mid"]) - 1]
     verdict["realism_late"] = float(np.median([segs["student"][i] for i in late]))
     verdict["control_realism_late"] = float(max(np.median([segs[c][i] for i in late])
-                                                for c in ("tiled", "shuffled")))
+                                                for c in BAR_CONTROLS))
     if verdict["realism_late"] <= verdict["control_realism_late"]:
         verdict["reasons"].append("unreal")
         verdict["collapsed"] = True
@@ -767,6 +768,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"stability over {s['frames']} frames: "
           + ("collapsed (" + ", ".join(s["reasons"]) + ")" if s["collapsed"] else "not collapsed"))
     print(f"realism over the long session, late window: student {s['realism_late']:.2f}, best "
-          f"wallpaper/shuffled control {s['control_realism_late']:.2f} (game 1.00)")
+          f"tiled/shuffled/blurred control {s['control_realism_late']:.2f} (game 1.00)")
     print(f"report: {Path(args.out) / 'report.md'}; {r['time_s']:.0f} s")
     return 0

@@ -148,8 +148,9 @@ def write_report(r: dict, rules: CollapseRules, path: Path) -> None:
         "real views near its poses over the stream's (1 = as real as the game; see below).", "",
         format_stage_table(r["stage_table"], r["stage_table_horizon"]), ""]
     ctrl = r["rollout_realism"]
-    lines += [f"Realism of the degenerate controls on the same rollouts: flat {ctrl['flat']:.2f}, tiled "
-              f"wall crop {ctrl['tiled']:.2f}, shuffled patches {ctrl['shuffled']:.2f}.", ""]
+    named = {"flat": "flat", "tiled": "tiled wall crop", "shuffled": "shuffled patches", "blurred": "blurred view"}
+    lines += ["Realism of the degenerate controls on the same rollouts: "
+              + ", ".join(f"{label} {ctrl[n]:.2f}" for n, label in named.items() if n in ctrl) + ".", ""]
     if "probes" in r:
         lines += ["## Behaviour probes (what a player sees)", "",
                   "Each strip: dream above game, frames 0 (the first dreamt) to the last. Realism per "
@@ -199,8 +200,8 @@ def write_report(r: dict, rules: CollapseRules, path: Path) -> None:
     lines += [f"- {d}" for d in rules.describe()]
     sr = st["realism"]
     lines += [f"- **unreal**: the median realism of the last {rules.late_fraction:.0%} of the session's "
-              f"{len(sr['mid'])} segments is no higher than that of the tiled wall crop or of the shuffled "
-              f"patches (here {st['realism_late']:.2f} against {st['control_realism_late']:.2f}).", "",
+              f"{len(sr['mid'])} segments is no higher than that of the tiled wall crop, the shuffled "
+              f"patches or the blurred view (here {st['realism_late']:.2f} against {st['control_realism_late']:.2f}).", "",
               "![realism](realism.png)", ""]
     lines += ["", "![stability](stability.png)", "",
               "Snapshots through the session (top: real game, bottom: student): "
@@ -233,7 +234,10 @@ def plot_realism(segs: dict, path: Path) -> None:
     ax.axhline(1.0, color="tab:gray", lw=1.5, label="real game")
     for name, style in (("student", dict(color="tab:blue", lw=2, marker="o", ms=3)),
                         ("tiled", dict(color="tab:red", ls="--")), ("shuffled", dict(color="tab:orange", ls="--")),
+                        ("blurred", dict(color="tab:purple", ls="--")),
                         ("flat", dict(color="tab:brown", ls=":"))):
+        if name not in segs:  # a result from before the blurred control
+            continue
         ax.plot(segs["mid"], segs[name], label=name if name == "student" else f"control: {name}", **style)
     ax.set_xlabel("frame")
     ax.set_ylabel("realism (game = 1)")

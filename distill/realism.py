@@ -9,9 +9,11 @@ that shows no floor, ceiling or horizon, or the texture at the wrong scale, find
 
 Frames are compared by hand-made features that need nothing trained or downloaded: the
 mean colour of a `grid` of regions (the layout: sky or ceiling above, floor below) and
-the log mean absolute luma gradient of each region, across and down, at several scales
-(how much detail, where, and at what size). Each feature is divided by its spread over
-random views of the whole world.
+the log root-mean-square luma gradient of each region, across and down, at several scales
+(how much detail, where, and at what size). Squared, not absolute: a blur spreads an edge
+over more pixels and leaves the sum of absolute differences across it as it was, but it
+divides the sum of squares by the width of the spread. Each feature is divided by its
+spread over random views of the whole world.
 
     judge = RealismJudge.around(world_seed, size, game_states, RealismConfig())
     d_game = judge.distance(game_frames)    # [N] the reference: the game's own frames
@@ -21,7 +23,8 @@ random views of the whole world.
 `realism` is the game's median distance over the stream's: 1 for the game, towards 0 for
 frames far from any real view. `controls(frames)` makes the degenerate references (a flat
 frame of each frame's mean colour, a crop from the middle of the view tiled across it,
-patches shuffled); a measure worth the name scores each of them below the game.
+patches shuffled, the view blurred); a measure worth the name scores each of them below
+the game.
 """
 
 from __future__ import annotations
@@ -46,12 +49,12 @@ class RealismConfig:
     world_views: int = 256  # random views of the whole world: the scale of each feature
     grid: tuple[int, int] = (4, 2)  # regions (rows, columns)
     scales: tuple[int, ...] = (1, 2, 4)  # gradient scales, pixels at 64px
-    eps: float = 1e-3  # floor under gradient energies (-1..1 luma) before the log
+    eps: float = 1e-3  # floor under RMS gradients (-1..1 luma) before the log
     collapsed_below: float = 0.6  # a stretch of frames scoring under this looks like no real view
 
 
 def features(frames: np.ndarray, cfg: RealismConfig = RealismConfig()) -> torch.Tensor:
-    """uint8 [N, S, S, 3] -> float64 [N, D]: region colours and log gradient energies."""
+    """uint8 [N, S, S, 3] -> float64 [N, D]: region colours and log RMS gradients."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).double() / 127.5 - 1
     out = [F.adaptive_avg_pool2d(x, cfg.grid).flatten(1)]
     y = x.mean(1, keepdim=True)  # (N, 1, S, S)
@@ -60,7 +63,7 @@ def features(frames: np.ndarray, cfg: RealismConfig = RealismConfig()) -> torch.
         k = s * unit
         ys = F.avg_pool2d(y, k) if k > 1 else y
         for g in (ys[..., :, 1:] - ys[..., :, :-1], ys[..., 1:, :] - ys[..., :-1, :]):
-            out.append(torch.log(F.adaptive_avg_pool2d(g.abs(), cfg.grid).flatten(1) + cfg.eps))
+            out.append(0.5 * torch.log(F.adaptive_avg_pool2d(g * g, cfg.grid).flatten(1) + cfg.eps ** 2))
     return torch.cat(out, 1)
 
 
@@ -154,10 +157,23 @@ def realism(distance: np.ndarray, game_distance: np.ndarray) -> float:
     return float(np.median(game_distance) / max(float(np.median(distance)), 1e-9))
 
 
+CONTROLS = ("flat", "tiled", "shuffled", "blurred")
+# the controls a dream must beat to count as real: a flat frame fails on every measure already
+BAR_CONTROLS = ("tiled", "shuffled", "blurred")
+
+
+def box_blur(frames: np.ndarray, k: int) -> np.ndarray:
+    """uint8 [N, S, S, 3] averaged over a k x k box around each pixel (edges repeated)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).double()
+    x = F.avg_pool2d(F.pad(x, (k // 2, (k - 1) // 2, k // 2, (k - 1) // 2), mode="replicate"), k, 1)
+    return x.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
 def controls(frames: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     """Degenerate streams made from real frames uint8 [N, S, S, 3]: `flat` (each frame's mean
     colour everywhere), `tiled` (the centre quarter-side crop, where a wall usually stands,
-    repeated 4 x 4), `shuffled` (the frame's eighth-side patches in random places)."""
+    repeated 4 x 4), `shuffled` (the frame's eighth-side patches in random places), `blurred`
+    (the frame under a box blur a sixteenth of its side wide: the right place, softened)."""
     n, s = len(frames), frames.shape[1]
     q, p = s // 4, s // 8
     flat = np.broadcast_to(frames.reshape(n, -1, 3).mean(1).round().astype(np.uint8)[:, None, None],
@@ -170,4 +186,5 @@ def controls(frames: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     patches = patches.reshape(n, g * g, p, p, 3)
     shuffled = np.stack([f[rng.permutation(g * g)] for f in patches])
     shuffled = shuffled.reshape(n, g, g, p, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(n, g * p, g * p, 3)
-    return {"flat": flat, "tiled": tiled, "shuffled": np.ascontiguousarray(shuffled)}
+    return {"flat": flat, "tiled": tiled, "shuffled": np.ascontiguousarray(shuffled),
+            "blurred": box_blur(frames, max(2, s // 16))}

@@ -143,6 +143,7 @@ def test_eval_json(tmp_path, capsys):
     assert stand["baseline"]["psnr"]["1"] == 100.0
     segs = r["stability"]["realism"]
     assert len(segs["mid"]) == 2 and all(v > 0 for v in segs["student"])
+    assert set(segs) == {"mid", "student", "flat", "tiled", "shuffled", "blurred"}
     assert r["worlds"]["declared"] is None and "seen" not in r
     assert (r["stability"]["seed"], r["stability"]["seen"]) == (EVAL_SEED_START, False)
     assert "Stage table" in (tmp_path / "eval" / "report.md").read_text()

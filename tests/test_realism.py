@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distill.probes import mse, play, psnr_of_mse
-from distill.realism import RealismConfig, RealismJudge, controls, realism, standable
+from distill.realism import RealismConfig, RealismJudge, box_blur, controls, realism, standable
 from distill.strips import save_strip, strip_indices
 from worldmodel.game import Game
 
@@ -13,14 +13,26 @@ from worldmodel.game import Game
 def test_real_frames_rank_above_every_degenerate_control():
     # the game walked in one world; the bank is views around its own poses, the frames scored
     # are the same world walked another way (other frames than the bank's, never identical)
-    ep = play(1_000_002, 32, 120, "mixed", 1, seen=False)
-    other = play(1_000_002, 32, 120, "mixed", 1, seen=True)  # another start, another policy seed
+    # at the size the shipped default plays, where a blur a sixteenth of the side wide is 4 px
+    ep = play(1_000_002, 64, 120, "mixed", 1, seen=False)
+    other = play(1_000_002, 64, 120, "mixed", 1, seen=True)  # another start, another policy seed
     for e in (ep, other):
-        judge = RealismJudge.around(e.world, 32, e.states, RealismConfig(world_views=64))
+        judge = RealismJudge.around(e.world, 64, e.states, RealismConfig(world_views=64))
         d_game = judge.distance(e.frames)
         scores = {n: realism(judge.distance(f), d_game) for n, f in controls(e.frames).items()}
         assert realism(d_game, d_game) == 1.0
         assert max(scores.values()) < 0.9, scores  # each control clearly below the game
+
+
+def test_blur_lowers_realism_the_wider_it_is():
+    # a dream that keeps the right place but loses its detail is not as real as the game: the
+    # gradient features are squared, so spreading an edge over k pixels divides its energy by k
+    ep = play(1_000_002, 64, 120, "mixed", 1, seen=False)
+    judge = RealismJudge.around(ep.world, 64, ep.states, RealismConfig(world_views=64))
+    d_game = judge.distance(ep.frames)
+    scores = [realism(judge.distance(box_blur(ep.frames, k)), d_game) for k in (2, 4, 8)]
+    assert scores[0] > scores[1] > scores[2], scores
+    assert scores[1] < 0.55 and scores[2] < 0.35, scores  # absolute gradients: 0.65 and 0.37
 
 
 def test_controls_are_what_they_say():
@@ -30,6 +42,9 @@ def test_controls_are_what_they_say():
     assert (c["tiled"][:, :8, :8] == c["tiled"][:, 8:16, 8:16]).all()  # a repeating tile
     assert sorted(c["shuffled"].reshape(-1, 3).tolist()) == sorted(frames.reshape(-1, 3).tolist())
     assert not (c["shuffled"] == frames).all()
+    b = c["blurred"].astype(int)  # a 2 px box at 32 px: each pixel the mean of a 2 x 2 block
+    x = frames.astype(int)
+    assert np.abs(b[:, 1:, 1:] - (x[:, :-1, :-1] + x[:, :-1, 1:] + x[:, 1:, :-1] + x[:, 1:, 1:]) / 4).max() <= 0.5
 
 
 def test_bank_views_stand_where_a_player_can():
