@@ -40,7 +40,7 @@ test: $(STAMP) browser nginx
 	$(PY) -m pytest -q $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check worldmodel distill app tests
+	$(VENV)/bin/ruff check worldmodel distill app tests scripts
 
 clean:
 	rm -rf $(VENV) .pytest_cache
