@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from distill.probes import mse, play, psnr_of_mse
 from distill.realism import RealismConfig, RealismJudge, box_blur, controls, realism, standable
@@ -10,26 +11,33 @@ from distill.strips import save_strip, strip_indices
 from worldmodel.game import Game
 
 
-def test_real_frames_rank_above_every_degenerate_control():
-    # the game walked in one world; the bank is views around its own poses, the frames scored
-    # are the same world walked another way (other frames than the bank's, never identical)
-    # at the size the shipped default plays, where a blur a sixteenth of the side wide is 4 px
-    ep = play(1_000_002, 64, 120, "mixed", 1, seen=False)
-    other = play(1_000_002, 64, 120, "mixed", 1, seen=True)  # another start, another policy seed
-    for e in (ep, other):
-        judge = RealismJudge.around(e.world, 64, e.states, RealismConfig(world_views=64))
-        d_game = judge.distance(e.frames)
-        scores = {n: realism(judge.distance(f), d_game) for n, f in controls(e.frames).items()}
+def walked(seen: bool):
+    """The game walked in world 1,000,002 at 64 px, the size the shipped default plays (where a
+    blur a sixteenth of the side wide is 4 px); its judge, a bank of views around its own
+    poses; and the game frames' distances to that bank."""
+    ep = play(1_000_002, 64, 120, "mixed", 1, seen=seen)
+    judge = RealismJudge.around(ep.world, 64, ep.states, RealismConfig(world_views=64))
+    return ep, judge, judge.distance(ep.frames)
+
+
+@pytest.fixture(scope="module")
+def unseen_walk():
+    return walked(seen=False)
+
+
+def test_real_frames_rank_above_every_degenerate_control(unseen_walk):
+    # the frames scored are other frames than the bank's, never identical; the second walk
+    # is another start with another policy seed
+    for ep, judge, d_game in (unseen_walk, walked(seen=True)):
+        scores = {n: realism(judge.distance(f), d_game) for n, f in controls(ep.frames).items()}
         assert realism(d_game, d_game) == 1.0
         assert max(scores.values()) < 0.9, scores  # each control clearly below the game
 
 
-def test_blur_lowers_realism_the_wider_it_is():
+def test_blur_lowers_realism_the_wider_it_is(unseen_walk):
     # a dream that keeps the right place but loses its detail is not as real as the game: the
     # gradient features are squared, so spreading an edge over k pixels divides its energy by k
-    ep = play(1_000_002, 64, 120, "mixed", 1, seen=False)
-    judge = RealismJudge.around(ep.world, 64, ep.states, RealismConfig(world_views=64))
-    d_game = judge.distance(ep.frames)
+    ep, judge, d_game = unseen_walk
     scores = [realism(judge.distance(box_blur(ep.frames, k)), d_game) for k in (2, 4, 8)]
     assert scores[0] > scores[1] > scores[2], scores
     assert scores[1] < 0.55 and scores[2] < 0.35, scores  # absolute gradients: 0.65 and 0.37
