@@ -1,0 +1,96 @@
+"""`wm eval` with one of two play-time variants of the attention sinks, for the ablation.
+
+    python scripts/sink_variants.py gap G -- [wm eval arguments]
+    python scripts/sink_variants.py bias B -- [wm eval arguments]
+
+The shipped cache gives the S sinks RoPE frame positions 0..S-1 and the window the positions
+right after them, so the first frames of a session always look a frame or two old.
+
+- gap G: the window's positions move as many frames past the sinks as have really been
+  evicted between them, up to G, so the sinks look up to G frames older (G = 0 is the shipped
+  layout). The first frames after the context are placed exactly as in training.
+- bias B: every query's attention logits on the sink keys are lowered by B (B = 0 is the
+  shipped attention), so the network leans on its own recent frames more.
+
+Neither is a sampler option: both change `worldmodel.model` for this process only, and the
+eval's streams that use a KV cache (student, student init) see them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import worldmodel.model as m
+from worldmodel import cli
+
+
+def use_gap(gap: int):
+    """Patch the cache's layout; returns a function that undoes it."""
+    layout, layout_key = m.KVCache._layout, m.KVCache.layout_key
+
+    def evicted(self, slot_time: list[int], frames: int) -> int:
+        first = min(slot_time[self.sinks:], default=frames)  # oldest frame in the window
+        return min(first - self.sinks, gap) if len(slot_time) >= self.sinks else 0
+
+    def _layout(self, slot_time, frames, chunk):
+        times, pos, visible = layout(self, slot_time, frames, chunk)
+        shift = evicted(self, slot_time, frames) if self.sinks else 0
+        pos = torch.where(torch.arange(len(times)) < self.sinks, pos, pos + shift)
+        return times, pos, visible
+
+    def key(self, chunk, split=0):  # the layout now also depends on the frames evicted
+        return layout_key(self, chunk, split) + (evicted(self, self.slot_time, self.frames),)
+
+    m.KVCache._layout, m.KVCache.layout_key = _layout, key
+
+    def undo() -> None:
+        m.KVCache._layout, m.KVCache.layout_key = layout, layout_key
+
+    return undo
+
+
+def use_bias(bias: float, sinks: int, tokens: int):
+    """Patch attention; returns a function that undoes it."""
+    forward = m.Attention.forward
+
+    def biased(self, x, rope_q, rope_k, mask, past=None, extra=None):
+        if past is not None and past[0].shape[2] >= sinks * tokens and (
+                mask is None or isinstance(mask, torch.Tensor) and mask.dim() == 2):
+            n_extra = 0 if extra is None else extra.shape[-1]  # repeated sink keys come first
+            L = x.shape[1]
+            b = torch.zeros(L, n_extra + past[0].shape[2] + L, dtype=x.dtype, device=x.device)
+            if mask is not None:
+                b = b.masked_fill(~mask, float("-inf"))
+            b[:, :n_extra + sinks * tokens] -= bias
+            mask = b
+        return forward(self, x, rope_q, rope_k, mask, past, extra)
+
+    m.Attention.forward = biased
+
+    def undo() -> None:
+        m.Attention.forward = forward
+
+    return undo
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    ours, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("variant", choices=["gap", "bias"])
+    ap.add_argument("amount", type=float)
+    ap.add_argument("--sinks", type=int, default=4, help="the checkpoint's sinks (bias only)")
+    ap.add_argument("--tokens", type=int, default=16, help="tokens per frame (bias only)")
+    args = ap.parse_args(ours)
+    if args.variant == "gap":
+        use_gap(int(args.amount))
+    else:
+        use_bias(args.amount, args.sinks, args.tokens)
+    return cli.main(["eval", *rest])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
