@@ -2,7 +2,7 @@
 # The default's whole training recipe (docs/train-your-own.md) as one command for a GPU
 # machine (one GPU, 16 cores, no registry access, about 10 minutes a command): play data
 # from the default's worlds on every core, latents from the shipped tokenizer, a teacher,
-# ODE pairs for a 3-step student, its initialisation, DMD with the regression term, and a
+# ODE pairs for a 2-step student, its initialisation, DMD with the regression term, and a
 # servable folder. What must come back (teacher, initialised student, servable student: the
 # DMD weights, and logs) is one tar split into parts of at most 15 MiB under $OUT, with its sha256.
 #
@@ -76,8 +76,8 @@ wm train teacher --model cpu-16 --data "$WORK/data" --tokenizer "$TOKENIZER" \
 
 stage "ODE pairs: $MINUTES_ODE min"
 wm distill ode --preset cpu --data "$WORK/data" --teacher "$WORK/teacher/model" \
-    --out "$WORK/ode" --clips "$ODE_CLIPS" --batch-size "$ODE_BATCH" --student-steps 3 \
-    --teacher-steps 30 --max-minutes "$MINUTES_ODE" --device "$DEVICE" > "$WORK/ode.log" 2>&1
+    --out "$WORK/ode" --clips "$ODE_CLIPS" --batch-size "$ODE_BATCH" --student-steps 2 \
+    --teacher-steps 32 --max-minutes "$MINUTES_ODE" --device "$DEVICE" > "$WORK/ode.log" 2>&1
 
 stage "student init: $MINUTES_INIT min"
 wm distill init --preset cpu --pairs "$WORK/ode" --teacher "$WORK/teacher/model" \
