@@ -32,12 +32,14 @@ def use_gap(gap: int):
     layout, layout_key = m.KVCache._layout, m.KVCache.layout_key
 
     def evicted(self, slot_time: list[int], frames: int) -> int:
+        if not self.sinks or len(slot_time) < self.sinks:
+            return 0
         first = min(slot_time[self.sinks:], default=frames)  # oldest frame in the window
-        return min(first - self.sinks, gap) if len(slot_time) >= self.sinks else 0
+        return min(first - self.sinks, gap)
 
     def _layout(self, slot_time, frames, chunk):
         times, pos, visible = layout(self, slot_time, frames, chunk)
-        shift = evicted(self, slot_time, frames) if self.sinks else 0
+        shift = evicted(self, slot_time, frames)
         pos = torch.where(torch.arange(len(times)) < self.sinks, pos, pos + shift)
         return times, pos, visible
 
@@ -52,26 +54,37 @@ def use_gap(gap: int):
     return undo
 
 
-def use_bias(bias: float, sinks: int, tokens: int):
-    """Patch attention; returns a function that undoes it."""
-    forward = m.Attention.forward
+def use_bias(bias: float):
+    """Patch attention; returns a function that undoes it. The sink keys' count comes from the
+    cache of the step in progress and the model's tokens per frame."""
+    forward, forward_step = m.Attention.forward, m.DiT.forward_step
+    sink_tokens: list[int] = []  # sink keys of the step in progress
+
+    def stepping(self, x, t, actions, cache, **kw):
+        sink_tokens.append(cache.sinks * self.cfg.tokens_per_frame
+                           if isinstance(cache, m.KVCache) else 0)  # one session only
+        try:
+            return forward_step(self, x, t, actions, cache, **kw)
+        finally:
+            sink_tokens.pop()
 
     def biased(self, x, rope_q, rope_k, mask, past=None, extra=None):
-        if past is not None and past[0].shape[2] >= sinks * tokens and (
+        n = sink_tokens[-1] if sink_tokens else 0
+        if n and past is not None and past[0].shape[2] >= n and (
                 mask is None or isinstance(mask, torch.Tensor) and mask.dim() == 2):
             n_extra = 0 if extra is None else extra.shape[-1]  # repeated sink keys come first
             L = x.shape[1]
             b = torch.zeros(L, n_extra + past[0].shape[2] + L, dtype=x.dtype, device=x.device)
             if mask is not None:
                 b = b.masked_fill(~mask, float("-inf"))
-            b[:, :n_extra + sinks * tokens] -= bias
+            b[:, :n_extra + n] -= bias
             mask = b
         return forward(self, x, rope_q, rope_k, mask, past, extra)
 
-    m.Attention.forward = biased
+    m.Attention.forward, m.DiT.forward_step = biased, stepping
 
     def undo() -> None:
-        m.Attention.forward = forward
+        m.Attention.forward, m.DiT.forward_step = forward, forward_step
 
     return undo
 
@@ -82,13 +95,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("variant", choices=["gap", "bias"])
     ap.add_argument("amount", type=float)
-    ap.add_argument("--sinks", type=int, default=4, help="the checkpoint's sinks (bias only)")
-    ap.add_argument("--tokens", type=int, default=16, help="tokens per frame (bias only)")
     args = ap.parse_args(ours)
     if args.variant == "gap":
         use_gap(int(args.amount))
     else:
-        use_bias(args.amount, args.sinks, args.tokens)
+        use_bias(args.amount)
     return cli.main(["eval", *rest])
 
 

@@ -70,7 +70,7 @@ def test_sink_bias(patched, bias):
     W, S, F = 2, 2, 8
     x, t, a = make_inputs(model, B=1, F=F)
     shipped = run_steps(model, model.init_cache(1, window=W, sinks=S), x, t, a)
-    patched(sink_variants.use_bias, bias, S, model.cfg.tokens_per_frame)
+    patched(sink_variants.use_bias, bias)
     quiet = run_steps(model, model.init_cache(1, window=W, sinks=S), x, t, a)
     if not bias:
         torch.testing.assert_close(quiet, shipped, atol=1e-10, rtol=0)
@@ -89,7 +89,7 @@ def test_sink_bias_reaches_the_repeated_sink_keys_of_a_fused_write(patched):
     model = make_model()
     cfg = StudentConfig(steps=2, window=2, sinks=2, context_length=2)
     x, _, a = make_inputs(model, B=1, F=8)
-    patched(sink_variants.use_bias, 2.0, 2, model.cfg.tokens_per_frame)
+    patched(sink_variants.use_bias, 2.0)
     outs = []
     for fuse in (True, False):
         sampler = StudentSampler(model, cfg, fuse_write=fuse)
