@@ -26,15 +26,27 @@ With real_weight w > 0 the generator also regresses its scored frames onto the c
 frames under the same actions, w * 0.5 * mse(x, real) (DMD2's regression term): the real
 clip says where the actions lead, which the teacher's score of a weak teacher says faintly.
 
-Logged: gen_loss (the regression term included), critic_loss, dmd_grad_norm (RMS of grad), and real_x0_loss, the MSE of the
-student's whole rollout against the real frames of the clip, a cheap check that it does not
-drift.
+With gan_weight > 0 a discriminator joins them (DMD2's GAN term): a small head reads the
+critic's last-block tokens of the scored frames and gives each frame a logit, real or the
+student's. The critic and head learn it on the clip's own real frames against the student's
+frames after the same actions, noised alike, with weight gan_critic_weight beside the
+critic's flow matching; the generator adds gan_weight * softplus(-logit) of its frames,
+through a critic and head that it does not train. The real clips, not the teacher, say what
+a frame looks like after those actions, sharp and moved.
+
+Logged: gen_loss (the regression and GAN terms included), critic_loss, dmd_grad_norm (RMS of
+grad), and real_x0_loss, the MSE of the student's whole rollout against the real frames of
+the clip, a cheap check that it does not drift. With the GAN term also the discriminator's
+loss and mean logits on real and student frames, the generator's GAN loss, and
+gan_grad_norm, the RMS of that term's gradient on the frames in dmd_grad_norm's units (times
+the frames' element count, as the DMD term's gradient is grad over it).
 The run folder's model.safetensors is the EMA of the generator, a student checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -78,6 +90,8 @@ class DmdConfig:
     critic_steps: int = 5  # critic updates per generator update
     teacher_cfg: float = TeacherConfig.cfg_scale  # guidance of the real score
     real_weight: float = 0.0  # weight of the regression onto the real frames (0 = DMD alone)
+    gan_weight: float = 0.0  # the generator's GAN term (0 = no discriminator)
+    gan_critic_weight: float = 1.0  # the discriminator's loss beside the critic's flow matching
     t_min: float = 0.02
     t_max: float = 0.98
     steps: int = 1000  # generator updates
@@ -156,6 +170,62 @@ def critic_loss(critic: DiT, context: torch.Tensor, x: torch.Tensor, actions: to
     return flow.flow_loss(v.float(), clip.float(), noise.float(), weight)
 
 
+class GanHead(nn.Module):
+    """DMD2's discriminator head on the critic: tokens (B, F, N, D) -> a logit per frame (B, F),
+    the mean over the frame's tokens of a small MLP."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.SiLU(),
+                                 nn.Linear(dim, 1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.net(tokens).squeeze(-1).mean(-1)
+
+
+def gan_logits(critic: DiT, head: GanHead, context: torch.Tensor, x: torch.Tensor,
+               actions: torch.Tensor, cfg: DmdConfig, shift: float, mode: str,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """The discriminator's logits (B, N) for frames x (B, N, C, h, w) after the clean context
+    under actions (B, Fc + N, A), x noised as the critic's clips are. Gradient reaches x."""
+    _, noise, _, t = noised_clip(context, x, cfg, shift, generator)
+    x_t = flow.add_noise(torch.cat([context, x], 1), noise, t)
+    _, tokens = critic(x_t, t, actions, mode=mode, features=True)
+    return head(tokens[:, context.shape[1]:]).float()
+
+
+def discriminator_loss(critic: DiT, head: GanHead, context: torch.Tensor, x: torch.Tensor,
+                       actions: torch.Tensor, real_context: torch.Tensor, real: torch.Tensor,
+                       real_actions: torch.Tensor, cfg: DmdConfig, shift: float, mode: str,
+                       generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Non-saturating GAN loss of the discriminator: the real frames after their context and
+    actions against the student's detached frames x after theirs, one forward for both.
+    Returns (loss, mean real logit, mean fake logit)."""
+    B = x.shape[0]
+    logits = gan_logits(critic, head, torch.cat([context, real_context]),
+                        torch.cat([x.detach(), real]), torch.cat([actions, real_actions]),
+                        cfg, shift, mode, generator)
+    fake, true = logits[:B], logits[B:]
+    loss = F.softplus(fake).mean() + F.softplus(-true).mean()
+    return loss, true.mean().detach(), fake.mean().detach()
+
+
+@contextmanager
+def frozen(*nets: nn.Module):
+    """The networks' parameters record no gradient inside the block: a loss through them
+    trains only what lies before them."""
+    flags = [[p.requires_grad for p in n.parameters()] for n in nets]
+    for n in nets:
+        n.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for n, f in zip(nets, flags):
+            for p, r in zip(n.parameters(), f):
+                p.requires_grad_(r)
+
+
 def dmd_loss(x: torch.Tensor, context: torch.Tensor, actions: torch.Tensor, teacher: DiT,
              critic: DiT, cfg: DmdConfig, shift: float, mode: str,
              generator: torch.Generator | None = None, real: torch.Tensor | None = None
@@ -202,12 +272,18 @@ def train(cfg: DmdConfig) -> DiT:
     gen.train().requires_grad_(True)
     critic = copy.deepcopy(teacher).train().requires_grad_(True)
     nets = nn.ModuleDict({"generator": gen, "critic": critic})
+    groups = [{"params": list(gen.parameters()), "lr": cfg.gen_lr},
+              {"params": list(critic.parameters()), "lr": cfg.critic_lr}]
+    head = None
+    if cfg.gan_weight:
+        head = GanHead(gen.cfg.dim).to(d.device)
+        nets["gan_head"] = head
+        groups.append({"params": list(head.parameters()), "lr": cfg.critic_lr})
+    disc = nn.ModuleList([critic] + ([head] if head is not None else []))  # what the critic step trains
     # One Adam, one parameter group per network. Adam's state is per parameter and a network
-    # without gradients is skipped, so the two updates stay independent while the run
-    # folder saves and resumes a single optimizer.
-    opt = torch.optim.Adam([{"params": list(gen.parameters()), "lr": cfg.gen_lr},
-                            {"params": list(critic.parameters()), "lr": cfg.critic_lr}],
-                           betas=(cfg.beta1, cfg.beta2))
+    # without gradients is skipped, so the updates stay independent while the run folder
+    # saves and resumes a single optimizer.
+    opt = torch.optim.Adam(groups, betas=(cfg.beta1, cfg.beta2))
     ema = EMA(gen, cfg.ema_decay)
     run = Run(cfg.out, "student_dmd", asdict(cfg), d)
     start = run.resume(nets, opt, ema)
@@ -246,20 +322,42 @@ def train(cfg: DmdConfig) -> DiT:
     print0(f"DMD: student {cfg.student} ({count_params(gen) / 1e6:.2f}M params), {mode} "
            f"teacher {cfg.teacher} with CFG {cfg.teacher_cfg}, rollouts of {n_roll} frames "
            f"after {Fc} context frames, the last {cfg.clip_len} scored, window {sampler.window}, sinks "
-           f"{sampler.sinks}, {cfg.critic_steps} critic updates per generator update")
+           f"{sampler.sinks}, {cfg.critic_steps} critic updates per generator update"
+           + (f", GAN weight {cfg.gan_weight} (discriminator {cfg.gan_critic_weight})"
+              if head is not None else ""))
     stats: dict[str, list[float]] = {}
     done = start
     for step in loop(start, cfg.steps, cfg.max_minutes, d, "dmd"):
         for _ in range(cfg.critic_steps):
+            real_context, all_actions, real = next_clip()
             with torch.no_grad():
-                context, x, actions, _ = play(*next_clip()[:2])
+                context, x, actions, _ = play(real_context, all_actions)
             loss_c = critic_loss(critic, context, x, actions, cfg, shift, mode)
-            update(critic, loss_c)
             stats.setdefault("critic_loss", []).append(loss_c.item())
+            if head is not None:  # the clip's own real frames in the scored window
+                seq = torch.cat([real_context, real], 1)[:, -cfg.clip_len:]
+                loss_d, real_logit, fake_logit = discriminator_loss(
+                    critic, head, context, x, actions, seq[:, :Fc], seq[:, Fc:], actions,
+                    cfg, shift, mode)
+                loss_c = loss_c + cfg.gan_critic_weight * loss_d
+                for k, v in (("gan_d_loss", loss_d), ("gan_real_logit", real_logit),
+                             ("gan_fake_logit", fake_logit)):
+                    stats.setdefault(k, []).append(v.item())
+            update(disc, loss_c)
         context, actions, real = next_clip()
         context, x, actions, whole = play(context, actions)
         loss_g, grad_norm = dmd_loss(x, context, actions, teacher, critic, cfg, shift, mode,
                                      real=real[:, -scored:])
+        if head is not None:
+            with frozen(critic, head):
+                loss_gan = F.softplus(-gan_logits(critic, head, context, x, actions, cfg, shift,
+                                                  mode)).mean()
+            loss_g = loss_g + cfg.gan_weight * loss_gan
+            stats.setdefault("gan_g_loss", []).append(loss_gan.item())
+            if (step + 1) % cfg.log_every == 0:  # its pull on the frames, in dmd_grad_norm's units
+                g_x, = torch.autograd.grad(cfg.gan_weight * loss_gan, x, retain_graph=True)
+                stats.setdefault("gan_grad_norm", []).append(
+                    (g_x.float().pow(2).mean().sqrt() * x.numel()).item())
         update(gen, loss_g)
         ema.update(gen, step)
         done = step + 1

@@ -11,7 +11,16 @@ import torch
 from safetensors.torch import load_file
 
 from distill import distill
-from distill.dmd import DmdConfig, critic_loss, dmd_loss, rollout
+from distill.dmd import (
+    DmdConfig,
+    GanHead,
+    critic_loss,
+    discriminator_loss,
+    dmd_loss,
+    frozen,
+    gan_logits,
+    rollout,
+)
 from distill.ode import ode_pairs
 from distill.student_init import init_backward
 from worldmodel import checkpoint, flags, flow
@@ -181,6 +190,45 @@ def test_dmd_pieces():
     assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0]
 
 
+def test_gan_term_separates_real_from_fake_and_trains_only_the_generator():
+    critic = random_dit().train().requires_grad_(True)
+    head = GanHead(critic.cfg.dim)
+    cfg = DmdConfig(t_max=0.3)  # little noise: the two sets stay apart
+    context, act, real = clip(B=4, Fc=2, N=2)
+    fake = 0.3 * torch.randn(real.shape, generator=torch.Generator().manual_seed(7))  # too faint
+    g = torch.Generator().manual_seed(0)
+
+    # the discriminator learns to tell the clip's real frames from the faint ones
+    params = list(critic.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, lr=3e-4, betas=(0.0, 0.999))
+    for _ in range(40):
+        loss, real_logit, fake_logit = discriminator_loss(
+            critic, head, context, fake, act, context, real, act, cfg, SHIFT, "bidirectional", g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert np.isfinite(loss.item()) and real_logit > fake_logit + 1
+
+    # the generator's term reaches its frames and none of the discriminator's weights, and
+    # following it makes the frames look more real to the discriminator
+    x = fake.clone().requires_grad_(True)
+    opt.zero_grad(set_to_none=True)
+    step = torch.optim.SGD([x], lr=1.0)
+    scores = []
+    for _ in range(5):
+        with frozen(critic, head):
+            logits = gan_logits(critic, head, context, x, act, cfg, SHIFT, "bidirectional",
+                                torch.Generator().manual_seed(1))
+        step.zero_grad()
+        torch.nn.functional.softplus(-logits).mean().backward()
+        scores.append(logits.mean().item())
+        step.step()
+    assert x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in params)
+    assert all(p.requires_grad for p in params)  # and they train again after the block
+    assert scores[-1] > scores[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # The stages end to end, through the command line
 
@@ -254,6 +302,15 @@ def test_distill_end_to_end(tmp_path):
     trained = load_file(dmd_dir / "train.safetensors")
     moved = [k for k, v in start.items() if not torch.equal(v, trained[f"model.generator.{k}"])]
     assert len(moved) > len(start) // 2
+    # with the GAN term a discriminator head trains beside the critic and is saved with it
+    gan_dir = tmp_path / "dmd-gan"
+    wm_distill("dmd", "--preset", "tiny", "--data", data, "--teacher", teacher,
+               "--student", init_dir / "model", "--out", gan_dir, "--gan-weight", "0.5")
+    rows = log_rows(gan_dir)
+    for r in rows:
+        assert all(np.isfinite(r[k]) for k in ("gan_d_loss", "gan_g_loss", "gan_real_logit",
+                                               "gan_fake_logit", "gan_grad_norm"))
+    assert any(k.startswith("model.gan_head.") for k in load_file(gan_dir / "train.safetensors"))
 
     world = tmp_path / "world"
     with pytest.raises(ValueError, match="not the tokenizer"):

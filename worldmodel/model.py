@@ -600,13 +600,15 @@ class DiT(nn.Module):
         sinks: int = 0,
         frame_offset: int = 0,
         action_mask: Tensor | None = None,
-    ) -> Tensor:
+        features: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Velocity for a whole clip.
 
         x (B, F, C, h, w) latents at flow times t (B, F); actions (B, F, A); action_mask
         (B, F) or (B,), False = dropped action. mode "causal" (frame-causal, optionally within
         a window of W frames plus S sink frames) or "bidirectional". frame_offset shifts the
-        RoPE frame positions. Returns (B, F, C, h, w).
+        RoPE frame positions. Returns (B, F, C, h, w); with features=True also the last
+        block's tokens (B, F, N, D), which DMD's discriminator head reads.
         """
         cfg = self.cfg
         B, Fr, C, h, w = x.shape
@@ -623,8 +625,8 @@ class DiT(nn.Module):
             mask = self.token_mask(visible, x.device)  # (F*N, F*N) or None
         for block in self.blocks:
             tokens, _ = block(tokens, c, rope, rope, mask)
-        out = self.final(tokens, c)  # (B, F, N, p*p*C)
-        return unpatchify(out, cfg.patch_size, h, w)
+        out = unpatchify(self.final(tokens, c), cfg.patch_size, h, w)  # (B, F, C, h, w)
+        return (out, tokens) if features else out
 
     def init_cache(
         self, batch_size: int, window: int, sinks: int = 0, device=None, dtype=None
