@@ -1,7 +1,8 @@
-"""`wm eval` with one of two play-time variants of the attention sinks, for the ablation.
+"""`wm eval` with a play-time variant of the attention sinks or of the cached frames, for the ablation.
 
     python scripts/sink_variants.py gap G -- [wm eval arguments]
     python scripts/sink_variants.py bias B -- [wm eval arguments]
+    python scripts/sink_variants.py reencode -- [wm eval arguments]
 
 The shipped cache gives the S sinks RoPE frame positions 0..S-1 and the window the positions
 right after them, so the first frames of a session always look a frame or two old.
@@ -11,9 +12,12 @@ right after them, so the first frames of a session always look a frame or two ol
   layout). The first frames after the context are placed exactly as in training.
 - bias B: every query's attention logits on the sink keys are lowered by B (B = 0 is the
   shipped attention), so the network leans on its own recent frames more.
+- reencode: every generated frame is decoded to uint8 pixels and encoded again by the
+  checkpoint's tokenizer before it goes into the cache, so the network only ever sees
+  latents of real images; the frames shown are the generated ones, as shipped.
 
-Neither is a sampler option: both change `worldmodel.model` for this process only, and the
-eval's streams that use a KV cache (student, student init) see them.
+None is a sampler option: they change `worldmodel.model` or `worldmodel.sampling` for this
+process only, and the eval's streams that use a KV cache (student, student init) see them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ import sys
 import torch
 
 import worldmodel.model as m
-from worldmodel import cli
+from worldmodel import cli, sampling
+from worldmodel.checkpoint import load_tokenizer
+from worldmodel.session import resolve_checkpoint
+from worldmodel.tokenizer import Tokenizer, frames_to_tensor, tensor_to_frames
 
 
 def use_gap(gap: int):
@@ -89,17 +96,42 @@ def use_bias(bias: float):
     return undo
 
 
+def use_reencode(tokenizer: Tokenizer):
+    """Patch the sampler's cache input; returns a function that undoes it."""
+    cache_input = sampling.StudentSampler.cache_input
+
+    def reencoded(self, x0, generator):
+        with torch.no_grad():
+            pixels = tensor_to_frames(tokenizer.decode(x0.float()))
+            z = tokenizer.encode(frames_to_tensor(pixels)).to(x0.dtype)
+        return cache_input(self, z, generator)
+
+    sampling.StudentSampler.cache_input = reencoded
+
+    def undo() -> None:
+        sampling.StudentSampler.cache_input = cache_input
+
+    return undo
+
+
 def main() -> int:
     argv = sys.argv[1:]
     ours, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("variant", choices=["gap", "bias"])
-    ap.add_argument("amount", type=float)
+    ap.add_argument("variant", choices=["gap", "bias", "reencode"])
+    ap.add_argument("amount", type=float, nargs="?", help="G or B (not for reencode)")
     args = ap.parse_args(ours)
+    if (args.amount is None) != (args.variant == "reencode"):
+        ap.error("gap and bias take an amount, reencode none")
     if args.variant == "gap":
         use_gap(int(args.amount))
-    else:
+    elif args.variant == "bias":
         use_bias(args.amount)
+    else:
+        eval_args = argparse.ArgumentParser(add_help=False)
+        eval_args.add_argument("--checkpoint", default="default")
+        folder = resolve_checkpoint(eval_args.parse_known_args(rest)[0].checkpoint)
+        use_reencode(load_tokenizer(folder / "tokenizer", "cpu")[0])
     return cli.main(["eval", *rest])
 
 

@@ -97,3 +97,24 @@ def test_sink_bias_reaches_the_repeated_sink_keys_of_a_fused_write(patched):
         g = torch.Generator().manual_seed(0)
         outs.append(torch.cat([sampler.step(a[:, i:i + 1], g) for i in range(2, 8)], 1))
     torch.testing.assert_close(outs[0], outs[1], atol=1e-9, rtol=0)
+
+
+@torch.no_grad()
+def test_reencode_caches_the_tokenizers_own_latents(patched):
+    # The frames returned are the generated ones; what the cache is given is the tokenizer's
+    # encoding of their uint8 pixels, and undoing the patch gives the shipped input back.
+    from worldmodel.tokenizer import TOKENIZER_PRESETS, Tokenizer, frames_to_tensor, tensor_to_frames
+
+    torch.manual_seed(0)
+    tok = Tokenizer(TOKENIZER_PRESETS["tiny"]).eval()
+    model = make_model()
+    sampler = StudentSampler(model, StudentConfig(window=2, context_length=1), 1)
+    x0 = torch.randn(1, 1, model.cfg.latent_channels, model.cfg.latent_size, model.cfg.latent_size)
+    shipped, _ = sampler.cache_input(x0, None)
+    patched(sink_variants.use_reencode, tok)
+    cached, t = sampler.cache_input(x0, None)
+    expected = tok.encode(frames_to_tensor(tensor_to_frames(tok.decode(x0))))
+    torch.testing.assert_close(cached, expected)
+    assert not torch.allclose(cached, shipped) and bool((t == 0).all())
+    sink_variants.use_reencode(tok)()  # a second patch's undo restores the first
+    torch.testing.assert_close(sampler.cache_input(x0, None)[0], expected)
