@@ -10,6 +10,7 @@ import torch
 
 from tests.test_model import make_inputs, make_model, run_steps
 from worldmodel.sampling import StudentConfig, StudentSampler
+from worldmodel.tokenizer import TOKENIZER_PRESETS, Tokenizer, frames_to_tensor, tensor_to_frames
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -103,8 +104,6 @@ def test_sink_bias_reaches_the_repeated_sink_keys_of_a_fused_write(patched):
 def test_reencode_caches_the_tokenizers_own_latents(patched):
     # The frames returned are the generated ones; what the cache is given is the tokenizer's
     # encoding of their uint8 pixels, and undoing the patch gives the shipped input back.
-    from worldmodel.tokenizer import TOKENIZER_PRESETS, Tokenizer, frames_to_tensor, tensor_to_frames
-
     torch.manual_seed(0)
     tok = Tokenizer(TOKENIZER_PRESETS["tiny"]).eval()
     model = make_model()
