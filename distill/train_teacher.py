@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from torch.nn.functional import conv2d, pad
 from torch.utils.data import DataLoader, default_collate
 
 from distill.common import EMA, Run, cosine_lr, count_params, loop, print0, setup_distributed
@@ -60,6 +61,10 @@ class TeacherTrainConfig:
     noise: str = "uniform"  # "uniform": one flow time per clip; "independent": one per frame
     action_dropout: float = 0.1
     context_noise: float = 0.1
+    # Largest std, in latent cells, of a Gaussian blur over a clip's context frames (drawn
+    # per clip, uniform from 0): the soft frames a student writes into its own cache, seen
+    # in training with sharp frames to follow. 0 = none.
+    context_blur: float = 0.0
     p_no_context: float = 0.1
     log_every: int = 25
     ckpt_every: int = 250
@@ -68,11 +73,27 @@ class TeacherTrainConfig:
     device: str = "auto"
 
 
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of std sigma (latent cells) over the last two dims of x (..., h, w),
+    each channel alone, edges reflected."""
+    if sigma <= 0:
+        return x
+    r = min(int(np.ceil(3 * sigma)), x.shape[-1] - 1)
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
+    k = (k / k.sum()).to(x)
+    lead, (h, w) = x.shape[:-2], x.shape[-2:]
+    y = x.reshape(-1, 1, h, w)
+    y = conv2d(pad(y, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    y = conv2d(pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    return y.reshape(*lead, h, w)
+
+
 def make_batch(latents: torch.Tensor, actions: torch.Tensor, cfg: TeacherTrainConfig,
                generator: torch.Generator | None = None):
     """Noise a batch of clips. latents: (B, F, C, h, w); actions: (B, F, A).
 
-    Returns (x_t, t, action_mask, noise, weight): weight (B, F) is 0 on context frames.
+    Returns (x_t, t, action_mask, noise, weight): weight (B, F) is 0 on context frames,
+    which are noised to at most context_noise and, with context_blur, blurred first.
     """
     B, F = latents.shape[:2]
     dev = latents.device
@@ -85,6 +106,10 @@ def make_batch(latents: torch.Tensor, actions: torch.Tensor, cfg: TeacherTrainCo
         t = t[:, :1].expand(B, F)
     t = torch.where(is_ctx, torch.rand(B, F, **g) * cfg.context_noise, t)
     noise = torch.randn(latents.shape, **g)
+    if cfg.context_blur:
+        sigmas = (torch.rand(B, **g) * cfg.context_blur).tolist()
+        soft = torch.stack([blur(clip, s) for clip, s in zip(latents, sigmas)])
+        latents = torch.where(is_ctx.to(latents.device)[..., None, None, None], soft, latents)
     keep = torch.rand(B, **g) >= cfg.action_dropout
     t, noise, is_ctx, keep = t.to(dev), noise.to(dev), is_ctx.to(dev), keep.to(dev)
     x_t = flow.add_noise(latents, noise, t)

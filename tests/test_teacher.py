@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distill.sample import dream_teacher, parse_script, play_game
-from distill.train_teacher import TeacherTrainConfig, action_gain, make_batch
+from distill.train_teacher import TeacherTrainConfig, action_gain, blur, make_batch
 from distill.train_teacher import train as train_teacher
 from worldmodel import flow
 from worldmodel.actions import Action
@@ -155,3 +155,21 @@ def test_ddp_two_processes_on_cpu(tiny_pipeline, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((out / "train.json").read_text())["step"] == 4
     assert "2 process(es)" in res.stdout + res.stderr
+
+
+def test_make_batch_blurs_the_context_only():
+    x0 = torch.randn(32, 6, 4, 8, 8)
+    cfg = TeacherTrainConfig(context_noise=0.0, p_no_context=0.0, context_blur=1.5)
+    x_t, t, _, noise, weight = make_batch(x0, torch.zeros(32, 6, 8), cfg,
+                                          torch.Generator().manual_seed(3))
+    ctx = weight == 0
+    # targets are noised from the sharp frames, as without blur
+    torch.testing.assert_close(x_t[~ctx], flow.add_noise(x0, noise, t)[~ctx])
+    # context frames are smoothed copies: same mean per channel, less energy off the mean
+    soft, sharp = x_t[ctx], x0[ctx]
+    torch.testing.assert_close(soft.mean((-1, -2)), sharp.mean((-1, -2)), atol=0.15, rtol=0)
+    assert soft.var((-1, -2)).mean() < 0.8 * sharp.var((-1, -2)).mean()
+    assert not torch.equal(soft, sharp)
+    # a blur of std 0 is the identity, and a constant frame stays constant
+    assert torch.equal(blur(sharp, 0.0), sharp)
+    torch.testing.assert_close(blur(torch.full((2, 8, 8), 3.0), 2.0), torch.full((2, 8, 8), 3.0))
