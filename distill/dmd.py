@@ -194,21 +194,27 @@ def gan_logits(critic: DiT, head: GanHead, context: torch.Tensor, x: torch.Tenso
     return head(tokens[:, context.shape[1]:]).float()
 
 
-def discriminator_loss(critic: DiT, head: GanHead, context: torch.Tensor, x: torch.Tensor,
-                       actions: torch.Tensor, real_context: torch.Tensor, real: torch.Tensor,
-                       real_actions: torch.Tensor, cfg: DmdConfig, shift: float, mode: str,
-                       generator: torch.Generator | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Non-saturating GAN loss of the discriminator: the real frames after their context and
-    actions against the student's detached frames x after theirs, one forward for both.
-    Returns (loss, mean real logit, mean fake logit)."""
-    B = x.shape[0]
-    logits = gan_logits(critic, head, torch.cat([context, real_context]),
-                        torch.cat([x.detach(), real]), torch.cat([actions, real_actions]),
-                        cfg, shift, mode, generator)
+def critic_gan_loss(critic: DiT, head: GanHead, context: torch.Tensor, x: torch.Tensor,
+                    real_context: torch.Tensor, real: torch.Tensor, actions: torch.Tensor,
+                    cfg: DmdConfig, shift: float, mode: str,
+                    generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The critic step's two losses from one forward: the student's detached frames x
+    (B, N, ...) after their context, and the real frames after theirs, both under actions
+    (B, Fc + N, A) and noised alike. The critic's flow matching on the student's frames (as
+    `critic_loss`) and the discriminator's non-saturating GAN loss, real against student.
+    Returns (flow loss, GAN loss, mean real logit, mean fake logit)."""
+    B, Fc = x.shape[0], context.shape[1]
+    clip, noise, x_t, t = noised_clip(torch.cat([context, real_context]),
+                                      torch.cat([x.detach(), real]), cfg, shift, generator)
+    v, tokens = critic(x_t, t, actions.repeat(2, 1, 1), mode=mode, features=True)
+    weight = torch.zeros_like(t)
+    weight[:B, Fc:] = 1  # the student's frames only
+    loss_flow = flow.flow_loss(v.float(), clip.float(), noise.float(), weight)
+    logits = head(tokens[:, Fc:]).float()
     fake, true = logits[:B], logits[B:]
-    loss = F.softplus(fake).mean() + F.softplus(-true).mean()
-    return loss, true.mean().detach(), fake.mean().detach()
+    loss_gan = F.softplus(fake).mean() + F.softplus(-true).mean()
+    return loss_flow, loss_gan, true.mean().detach(), fake.mean().detach()
 
 
 @contextmanager
@@ -332,17 +338,17 @@ def train(cfg: DmdConfig) -> DiT:
             real_context, all_actions, real = next_clip()
             with torch.no_grad():
                 context, x, actions, _ = play(real_context, all_actions)
-            loss_c = critic_loss(critic, context, x, actions, cfg, shift, mode)
-            stats.setdefault("critic_loss", []).append(loss_c.item())
-            if head is not None:  # the clip's own real frames in the scored window
+            if head is None:
+                loss_c = critic_loss(critic, context, x, actions, cfg, shift, mode)
+                stats.setdefault("critic_loss", []).append(loss_c.item())
+            else:  # the clip's own real frames in the scored window
                 seq = torch.cat([real_context, real], 1)[:, -cfg.clip_len:]
-                loss_d, real_logit, fake_logit = discriminator_loss(
-                    critic, head, context, x, actions, seq[:, :Fc], seq[:, Fc:], actions,
-                    cfg, shift, mode)
-                loss_c = loss_c + cfg.gan_critic_weight * loss_d
-                for k, v in (("gan_d_loss", loss_d), ("gan_real_logit", real_logit),
-                             ("gan_fake_logit", fake_logit)):
+                loss_c, loss_d, real_logit, fake_logit = critic_gan_loss(
+                    critic, head, context, x, seq[:, :Fc], seq[:, Fc:], actions, cfg, shift, mode)
+                for k, v in (("critic_loss", loss_c), ("gan_d_loss", loss_d),
+                             ("gan_real_logit", real_logit), ("gan_fake_logit", fake_logit)):
                     stats.setdefault(k, []).append(v.item())
+                loss_c = loss_c + cfg.gan_critic_weight * loss_d
             update(disc, loss_c)
         context, actions, real = next_clip()
         context, x, actions, whole = play(context, actions)

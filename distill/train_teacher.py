@@ -78,7 +78,7 @@ def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     each channel alone, edges reflected."""
     if sigma <= 0:
         return x
-    r = min(int(np.ceil(3 * sigma)), x.shape[-1] - 1)
+    r = min(int(np.ceil(3 * sigma)), min(x.shape[-2:]) - 1)  # reflect pads need r < size
     k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
     k = (k / k.sum()).to(x)
     lead, (h, w) = x.shape[:-2], x.shape[-2:]

@@ -14,8 +14,8 @@ from distill import distill
 from distill.dmd import (
     DmdConfig,
     GanHead,
+    critic_gan_loss,
     critic_loss,
-    discriminator_loss,
     dmd_loss,
     frozen,
     gan_logits,
@@ -202,12 +202,19 @@ def test_gan_term_separates_real_from_fake_and_trains_only_the_generator():
     params = list(critic.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=3e-4, betas=(0.0, 0.999))
     for _ in range(40):
-        loss, real_logit, fake_logit = discriminator_loss(
-            critic, head, context, fake, act, context, real, act, cfg, SHIFT, "bidirectional", g)
+        _, loss, real_logit, fake_logit = critic_gan_loss(
+            critic, head, context, fake, context, real, act, cfg, SHIFT, "bidirectional", g)
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert np.isfinite(loss.item()) and real_logit > fake_logit + 1
+
+    # the critic's flow matching from the same forward scores the student's frames alone
+    def flow_term(x, other):
+        return critic_gan_loss(critic, head, context, x, context, other, act, cfg, SHIFT,
+                               "bidirectional", torch.Generator().manual_seed(4))[0]
+    assert torch.equal(flow_term(fake, real), flow_term(fake, 2 * real))
+    assert not torch.equal(flow_term(fake, real), flow_term(2 * fake, real))
 
     # the generator's term reaches its frames and none of the discriminator's weights, and
     # following it makes the frames look more real to the discriminator
