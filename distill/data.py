@@ -38,10 +38,21 @@ class ClipDataset(IterableDataset):
 
     With latents=True it yields {"latents": float32 (F, C, h, w), "actions": ...} from the
     cache that `wm cache-latents` writes beside each episode's frames.
+
+    With gap=G, a clip is, with probability p_gap, gapped: its first `gap_frames` frames are
+    followed by the rest of the clip taken g frames later (g uniform in 1..G), as a student's
+    sinks (the session's first frames) precede its recent frames in the KV cache at play. The
+    actions of the skipped frames are not in the clip. Such datasets also yield "gap": the g
+    of each clip (0 for a contiguous one).
     """
 
-    def __init__(self, root: str | Path, clip_len: int, seed: int = 0, latents: bool = False):
-        self.episodes = open_episodes(root, clip_len)
+    def __init__(self, root: str | Path, clip_len: int, seed: int = 0, latents: bool = False,
+                 gap: int = 0, gap_frames: int = 4, p_gap: float = 0.5):
+        if gap < 0 or (gap and not 0 < gap_frames < clip_len) or not 0 <= p_gap <= 1:
+            raise ValueError(f"need gap >= 0, 0 < gap_frames < clip_len and p_gap in [0, 1], "
+                             f"got {gap}, {gap_frames}, {p_gap}")
+        self.gap, self.gap_frames, self.p_gap = gap, gap_frames, p_gap
+        self.episodes = open_episodes(root, clip_len + gap)
         if latents:
             missing = [e.path for e in self.episodes if not (e.path / LATENTS).is_file()]
             if missing:
@@ -69,14 +80,18 @@ class ClipDataset(IterableDataset):
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         ep = self.episodes[rng.choice(len(self.episodes), p=self.weights)]
-        start = int(rng.integers(0, len(ep) - self.clip_len + 1))
-        end = start + self.clip_len
-        out = {"actions": torch.from_numpy(np.array(ep.actions[start:end]))}
+        g = int(rng.integers(1, self.gap + 1)) if self.gap and rng.random() < self.p_gap else 0
+        start = int(rng.integers(0, len(ep) - self.clip_len - g + 1))
+        idx = np.arange(start, start + self.clip_len)
+        idx[self.gap_frames if g else self.clip_len:] += g
+        out = {"actions": torch.from_numpy(np.array(ep.actions[idx]))}
         if self.latents:
             lat = np.load(ep.path / LATENTS, mmap_mode="r")
-            out["latents"] = torch.from_numpy(np.array(lat[start:end], dtype=np.float32))
+            out["latents"] = torch.from_numpy(np.array(lat[idx], dtype=np.float32))
         else:
-            out["frames"] = torch.from_numpy(np.array(ep.frames[start:end]))
+            out["frames"] = torch.from_numpy(np.array(ep.frames[idx]))
+        if self.gap:
+            out["gap"] = torch.tensor(g)
         return out
 
 

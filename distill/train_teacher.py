@@ -17,6 +17,12 @@ unconditional branch that classifier-free guidance on actions needs.
 `--prev-frame` gives each frame's tokens the previous frame's input latent as well (frame
 stacking, `DiTConfig.prev_frame`); the students distilled from such a teacher inherit it.
 
+`--sink-gap G` trains on gapped clips as well: the first `--sink-frames` frames of a clip,
+then the rest taken up to G frames later. That is what a student's KV cache holds at play
+with sinks (the session's first frames, then its recent ones), with the same positions, so
+the network learns to use an old view where it is still right and to follow the recent
+frames where the player has moved on.
+
 `--mode causal` trains the same network with frame-causal attention: the many-step causal
 model whose ODE trajectories initialise the student without peeking at future frames.
 """
@@ -65,6 +71,13 @@ class TeacherTrainConfig:
     # per clip, uniform from 0): the soft frames a student writes into its own cache, seen
     # in training with sharp frames to follow. 0 = none.
     context_blur: float = 0.0
+    # Gapped clips (`distill.data.ClipDataset`): with probability sink_gap_p a clip's first
+    # sink_frames frames come up to sink_gap frames before the rest, as the student's sinks
+    # sit before its recent frames at play; such a clip keeps them and at least one recent
+    # frame as context. 0 = contiguous clips only.
+    sink_gap: int = 0
+    sink_frames: int = 4
+    sink_gap_p: float = 0.5
     p_no_context: float = 0.1
     log_every: int = 25
     ckpt_every: int = 250
@@ -89,17 +102,22 @@ def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def make_batch(latents: torch.Tensor, actions: torch.Tensor, cfg: TeacherTrainConfig,
-               generator: torch.Generator | None = None):
-    """Noise a batch of clips. latents: (B, F, C, h, w); actions: (B, F, A).
+               generator: torch.Generator | None = None, gap: torch.Tensor | None = None):
+    """Noise a batch of clips. latents: (B, F, C, h, w); actions: (B, F, A); gap (B,): the
+    clips' gaps after their first sink_frames frames (0 = contiguous), or None.
 
     Returns (x_t, t, action_mask, noise, weight): weight (B, F) is 0 on context frames,
-    which are noised to at most context_noise and, with context_blur, blurred first.
+    which are noised to at most context_noise and, with context_blur, blurred first. A
+    gapped clip's context is its sink frames and at least one frame after the gap.
     """
     B, F = latents.shape[:2]
     dev = latents.device
     g = dict(generator=generator)
     n_ctx = torch.randint(1, F, (B,), **g)
     n_ctx[torch.rand(B, **g) < cfg.p_no_context] = 0
+    if gap is not None:
+        gapped = gap.cpu() > 0
+        n_ctx[gapped] = n_ctx[gapped].clamp(min=cfg.sink_frames + 1)
     is_ctx = torch.arange(F)[None, :] < n_ctx[:, None]  # (B, F)
     t = flow.sample_time((B, F), cfg.shift, **g)
     if cfg.noise == "uniform":
@@ -146,7 +164,11 @@ def train(cfg: TeacherTrainConfig) -> DiT:
         raise ValueError(f"noise must be uniform or independent, got {cfg.noise!r}")
     d = setup_distributed(cfg.device)
     torch.manual_seed(cfg.seed + d.rank)
-    ds = ClipDataset(cfg.data, clip_len=cfg.clip_len, seed=cfg.seed, latents=True)
+    if cfg.sink_gap and cfg.sink_frames + 1 >= cfg.clip_len:
+        raise ValueError(f"--sink-frames {cfg.sink_frames} leaves no frame to learn in clips of "
+                         f"{cfg.clip_len} after a recent context frame")
+    ds = ClipDataset(cfg.data, clip_len=cfg.clip_len, seed=cfg.seed, latents=True,
+                     gap=cfg.sink_gap, gap_frames=cfg.sink_frames, p_gap=cfg.sink_gap_p)
     ds.rank = d.rank
     C, h = ds.sample(np.random.default_rng(0))["latents"].shape[1:3]
     model_cfg = get_config(cfg.model, latent_channels=C, latent_size=h, prev_frame=cfg.prev_frame)
@@ -171,7 +193,8 @@ def train(cfg: TeacherTrainConfig) -> DiT:
             if checkpoint.exists(cfg.tokenizer) else None}
     loader = iter(DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers,
                              persistent_workers=cfg.workers > 0))
-    probe = default_collate([ds.sample(np.random.default_rng(12345 + i)) for i in range(32)])
+    plain = ClipDataset(cfg.data, clip_len=cfg.clip_len, seed=cfg.seed, latents=True)
+    probe = default_collate([plain.sample(np.random.default_rng(12345 + i)) for i in range(32)])
     probe_x0, probe_a = probe["latents"].to(d.device), probe["actions"].to(d.device)
 
     def save(done: int) -> None:
@@ -186,7 +209,7 @@ def train(cfg: TeacherTrainConfig) -> DiT:
         batch = next(loader)
         x0 = batch["latents"].to(d.device)
         actions = batch["actions"].to(d.device)
-        x_t, t, keep, noise, weight = make_batch(x0, actions, cfg)
+        x_t, t, keep, noise, weight = make_batch(x0, actions, cfg, gap=batch.get("gap"))
         v = model(x_t, t, actions, mode=cfg.mode, action_mask=keep)
         loss = flow.flow_loss(v.float(), x0, noise, weight)
         opt.zero_grad(set_to_none=True)

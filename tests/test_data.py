@@ -157,6 +157,26 @@ def test_loader_streams_clips_with_workers(dataset):
     )
 
 
+def test_gapped_clips_skip_frames_after_the_sinks(dataset):
+    ds = ClipDataset(dataset, clip_len=6, seed=0, gap=9, gap_frames=2, p_gap=0.5)
+    eps = [Episode(p) for p in find_episodes(dataset)]
+    rng = np.random.default_rng(0)
+    gaps = []
+    for _ in range(40):
+        clip = ds.sample(rng)
+        g = int(clip["gap"])
+        gaps.append(g)
+        want = np.r_[0:2, 2 + g:6 + g]  # two sink frames, then four frames g later
+        hits = [s for ep in eps for s in range(len(ep) - 5 - g)
+                if np.array_equal(ep.frames[s + want], clip["frames"].numpy())
+                and np.array_equal(ep.actions[s + want], clip["actions"].numpy())]
+        assert hits, f"clip with gap {g} is not frames {want.tolist()} of an episode"
+    assert 0 in gaps and 0 < max(gaps) <= 9 and 0.2 < np.mean(np.array(gaps) > 0) < 0.8
+    assert "gap" not in ClipDataset(dataset, clip_len=6).sample(rng)
+    with pytest.raises(ValueError, match="gap_frames"):
+        ClipDataset(dataset, clip_len=6, gap=3, gap_frames=6)
+
+
 def test_torn_episode_reads_up_to_the_last_whole_frame(tmp_path):
     w = EpisodeWriter(tmp_path / "ep", size=16, fps=20, seed=0, source="game")
     frames = np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)

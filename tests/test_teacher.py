@@ -157,6 +157,18 @@ def test_ddp_two_processes_on_cpu(tiny_pipeline, tmp_path):
     assert "2 process(es)" in res.stdout + res.stderr
 
 
+def test_make_batch_keeps_sinks_and_a_recent_frame_as_context_of_gapped_clips():
+    x0 = torch.randn(256, 8, 4, 4, 4)
+    cfg = TeacherTrainConfig(context_noise=0.0, sink_gap=16, sink_frames=4)
+    gap = torch.arange(256) % 2 * 5  # every other clip gapped
+    *_, weight = make_batch(x0, torch.zeros(256, 8, 8), cfg, torch.Generator().manual_seed(4),
+                            gap=gap)
+    n_ctx = (weight == 0).sum(1)
+    assert (n_ctx[gap > 0] >= 5).all() and (n_ctx[gap > 0] <= 7).all()
+    # contiguous clips keep the usual draw: fewer context frames, and none at all
+    assert (n_ctx[gap == 0] < 5).any() and (n_ctx[gap == 0] == 0).any()
+
+
 def test_make_batch_blurs_the_context_only():
     x0 = torch.randn(32, 6, 4, 8, 8)
     cfg = TeacherTrainConfig(context_noise=0.0, p_no_context=0.0, context_blur=1.5)
