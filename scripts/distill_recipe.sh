@@ -7,7 +7,7 @@
 # OUT/wm (sinks 4, window 2, as shipped), OUT/wm-init, OUT/wm-nosink (window 8), and
 # OUT/eval, OUT/eval-nosink from `wm eval --quick`. Every stage resumes when rerun.
 # DATA (runs/data-play/train), TOKENIZER (assets/default/tokenizer), SEED (0) and
-# DMD_FLAGS (extra `wm distill dmd` flags) may be set in the environment.
+# INIT_FLAGS and DMD_FLAGS (extra `wm distill init` / `dmd` flags) may be set in the environment.
 set -euo pipefail
 T=${1:?teacher checkpoint, e.g. runs/teacher/model}
 R=${2:?output folder}
@@ -21,8 +21,9 @@ run() { taskset -c "$CORE" "$WM" "$@"; }
 mkdir -p "$R"
 run distill ode --preset cpu --data "$DATA" --teacher "$T" --out "$R/ode" --clips 40 \
     --max-minutes 4 --student-steps 2 --teacher-steps 32 --seed "$SEED"
+# shellcheck disable=SC2086
 run distill init --preset cpu --pairs "$R/ode" --teacher "$T" --out "$R/student-init" \
-    --steps 600 --max-minutes 4 --seed "$SEED"
+    --steps 600 --max-minutes 4 --seed "$SEED" ${INIT_FLAGS:-}
 # shellcheck disable=SC2086
 run distill dmd --preset cpu --data "$DATA" --teacher "$T" --student "$R/student-init/model" \
     --out "$R/student-dmd" --teacher-cfg 3 --real-weight 2 --rollout-frames 12 --steps 2000 \
