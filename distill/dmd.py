@@ -22,6 +22,12 @@ frames, as it does a few frames into a session, and the scores see the last clip
 the student's own earlier frames as clean context, then the frames that carry gradient.
 This trains the student where it plays, not only next to real context.
 
+With sink_gap G > 0 (for a student whose sampler has S sinks) each rollout starts from S
+real frames taken 1 to G frames before its real context, then the context: the student's
+cache then holds old sinks and recent frames, as it does at play once the session's first
+frames are far behind, and the regression onto the real frames says when the old view is
+still there and when the player has moved on from it.
+
 With real_weight w > 0 the generator also regresses its scored frames onto the clip's real
 frames under the same actions, w * 0.5 * mse(x, real) (DMD2's regression term): the real
 clip says where the actions lead, which the teacher's score of a weak teacher says faintly.
@@ -82,6 +88,9 @@ class DmdConfig:
     # few frames of play; the last clip_len frames are scored and only their generated
     # frames carry gradient.
     rollout_frames: int = 0
+    # >0: each rollout's cache starts with the sampler's sinks taken from up to this many
+    # frames before its real context (see the module's docstring). 0 = contiguous clips.
+    sink_gap: int = 0
     batch_size: int = 4
     gen_lr: float = 2e-5
     critic_lr: float = 2e-5
@@ -142,6 +151,16 @@ def rollout(student: DiT, context: torch.Tensor, actions: torch.Tensor, sampler:
                                       device=context.device))
         out.append(play.step(a, generator, exit_step=exit_step))
     return torch.cat(out, 1)
+
+
+def split_clip(batch: dict[str, torch.Tensor], lead: int, context_length: int,
+               device: torch.device | str = "cpu"
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of training clips -> (the rollout's clean context: `lead` old sink frames, then
+    the real context; the actions of the whole clip; the real frames after the context)."""
+    lat = batch["latents"].to(device)
+    n = lead + context_length
+    return lat[:, :n], batch["actions"].to(device), lat[:, n:]
 
 
 def noised_clip(context: torch.Tensor, x: torch.Tensor, cfg: DmdConfig, shift: float,
@@ -274,6 +293,10 @@ def train(cfg: DmdConfig) -> DiT:
     if n_roll < scored:
         raise ValueError(f"rollout_frames {cfg.rollout_frames} is shorter than the "
                          f"{scored} scored frames of a {cfg.clip_len}-frame clip")
+    if cfg.sink_gap and not sampler.sinks:
+        raise ValueError(f"--sink-gap needs a student whose sampler has sinks; {cfg.student} "
+                         "has none (give `wm distill init` --sinks)")
+    lead = sampler.sinks if cfg.sink_gap else 0  # old frames before the real context
     mode, shift = t_meta.mode, t_meta.shift
     gen.train().requires_grad_(True)
     critic = copy.deepcopy(teacher).train().requires_grad_(True)
@@ -298,17 +321,16 @@ def train(cfg: DmdConfig) -> DiT:
                 "tokenizer_hash": s_meta.tokenizer_hash}
 
     # a resumed run draws other clips than the ones it has already trained on
-    ds = ClipDataset(cfg.data, clip_len=sampler.context_length + n_roll, seed=cfg.seed + start,
-                     latents=True)
+    ds = ClipDataset(cfg.data, clip_len=lead + sampler.context_length + n_roll,
+                     seed=cfg.seed + start, latents=True, gap=cfg.sink_gap,
+                     gap_frames=max(lead, 1), p_gap=1.0)
     ds.rank = d.rank
     loader = iter(DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers,
                              persistent_workers=cfg.workers > 0))
     Fc = sampler.context_length
 
     def next_clip():
-        batch = next(loader)
-        lat = batch["latents"].to(d.device)
-        return lat[:, :Fc], batch["actions"].to(d.device), lat[:, Fc:]
+        return split_clip(next(loader), lead, Fc, d.device)
 
     def play(context, actions):
         """Roll out; returns the scored window: its clean context (real frames, or the
@@ -328,7 +350,9 @@ def train(cfg: DmdConfig) -> DiT:
     print0(f"DMD: student {cfg.student} ({count_params(gen) / 1e6:.2f}M params), {mode} "
            f"teacher {cfg.teacher} with CFG {cfg.teacher_cfg}, rollouts of {n_roll} frames "
            f"after {Fc} context frames, the last {cfg.clip_len} scored, window {sampler.window}, sinks "
-           f"{sampler.sinks}, {cfg.critic_steps} critic updates per generator update"
+           f"{sampler.sinks}" + (f" taken up to {cfg.sink_gap} frames before the context"
+                                 if lead else "")
+           + f", {cfg.critic_steps} critic updates per generator update"
            + (f", GAN weight {cfg.gan_weight} (discriminator {cfg.gan_critic_weight})"
               if head is not None else ""))
     stats: dict[str, list[float]] = {}

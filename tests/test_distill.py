@@ -20,6 +20,7 @@ from distill.dmd import (
     frozen,
     gan_logits,
     rollout,
+    split_clip,
 )
 from distill.ode import ode_pairs
 from distill.student_init import init_backward
@@ -271,6 +272,32 @@ def log_rows(folder):
     return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
 
 
+@torch.no_grad()
+def test_rollout_keeps_frames_before_the_context_as_sinks():
+    # A rollout's context may start with old frames (DMD's --sink-gap): with sinks they stay
+    # in the cache and shape every generated frame; without, a short window evicts them.
+    from tests.test_model import make_inputs, make_model
+    model = make_model(dtype=torch.float32)
+    old, _, actions = make_inputs(model, B=1, F=6, seed=3)
+    other, _, _ = make_inputs(model, B=1, F=6, seed=4)
+    context = torch.cat([old[:, :2], old[:, 2:4]], 1), torch.cat([other[:, :2], old[:, 2:4]], 1)
+    for sinks, differ in ((2, True), (0, False)):
+        sampler = StudentConfig(steps=2, window=2, sinks=sinks, context_length=2)
+        a, b = (rollout(model, c, actions, sampler, torch.Generator().manual_seed(0))
+                for c in context)
+        assert a.shape == (1, 2, *old.shape[2:])
+        assert (not torch.allclose(a, b)) is differ
+
+
+def test_split_clip_puts_the_old_sinks_before_the_context():
+    lat, act = torch.arange(10.0).view(1, 10, 1, 1, 1), torch.zeros(1, 10, 8)
+    context, actions, real = split_clip({"latents": lat, "actions": act}, 2, 3)
+    assert context.flatten().tolist() == [0, 1, 2, 3, 4] and real.flatten().tolist() == [5, 6, 7, 8, 9]
+    assert actions.shape == (1, 10, 8)
+    context, _, real = split_clip({"latents": lat, "actions": act}, 0, 3)
+    assert context.flatten().tolist() == [0, 1, 2] and real.shape[1] == 7
+
+
 def test_distill_end_to_end(tmp_path):
     make_fixtures(tmp_path)
     data, teacher = tmp_path / "data", tmp_path / "teacher"
@@ -318,6 +345,18 @@ def test_distill_end_to_end(tmp_path):
         assert all(np.isfinite(r[k]) for k in ("gan_d_loss", "gan_g_loss", "gan_real_logit",
                                                "gan_fake_logit", "gan_grad_norm"))
     assert any(k.startswith("model.gan_head.") for k in load_file(gan_dir / "train.safetensors"))
+
+    # old sinks before each rollout's context: a student trained with sinks
+    with pytest.raises(ValueError, match="sampler has sinks"):
+        wm_distill("dmd", "--preset", "tiny", "--data", data, "--teacher", teacher,
+                   "--student", init_dir / "model", "--out", tmp_path / "dmd-nosinks",
+                   "--sink-gap", "3")
+    wm_distill("init", "--preset", "tiny", "--pairs", ode_dir, "--teacher", teacher,
+               "--out", tmp_path / "init-sinks", "--steps", 2, "--sinks", 1, "--window", 2)
+    wm_distill("dmd", "--preset", "tiny", "--data", data, "--teacher", teacher,
+               "--student", tmp_path / "init-sinks" / "model", "--out", tmp_path / "dmd-gap",
+               "--sink-gap", "3")
+    assert all(np.isfinite(r["real_x0_loss"]) for r in log_rows(tmp_path / "dmd-gap"))
 
     world = tmp_path / "world"
     with pytest.raises(ValueError, match="not the tokenizer"):
