@@ -23,6 +23,11 @@ with sinks (the session's first frames, then its recent ones), with the same pos
 the network learns to use an old view where it is still right and to follow the recent
 frames where the player has moved on.
 
+`--freeze-start P` makes a share P of the clips start from rest: the player stands at one
+view with no input for a few frames, then acts as recorded, so that the network learns that
+the controls move the view even when the context frames show no motion (the state a
+student's own, too still, frames put it in).
+
 `--mode causal` trains the same network with frame-causal attention: the many-step causal
 model whose ODE trajectories initialise the student without peeking at future frames.
 """
@@ -78,6 +83,9 @@ class TeacherTrainConfig:
     sink_gap: int = 0
     sink_frames: int = 4
     sink_gap_p: float = 0.5
+    # Probability that a clip starts from rest (`freeze_start`): its first k frames become
+    # frame k - 1 held still with no input, then the clip goes on as recorded. 0 = none.
+    freeze_start: float = 0.0
     p_no_context: float = 0.1
     log_every: int = 25
     ckpt_every: int = 250
@@ -99,6 +107,28 @@ def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     y = conv2d(pad(y, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
     y = conv2d(pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
     return y.reshape(*lead, h, w)
+
+
+def freeze_start(latents: torch.Tensor, actions: torch.Tensor, p: float,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips that start from rest. latents (B, F, C, h, w), actions (B, F, A). With
+    probability p per clip, its first k frames (k uniform in 2..F-1) become frame k - 1, the
+    player standing at that view with no input, and the clip then goes on with its recorded
+    actions and frames: the player stood, then set off. Play data walks for long stretches,
+    so it rarely shows motion that the context frames do not already show; these clips do."""
+    B, F = latents.shape[:2]
+    if p <= 0 or F < 3:
+        return latents, actions
+    g = dict(generator=generator)
+    k = torch.randint(2, F, (B,), **g)
+    k[torch.rand(B, **g) >= p] = 0  # these clips stay as they are
+    held = torch.arange(F)[None, :] < k[:, None]  # (B, F): frames at rest
+    last = (k - 1).clamp(min=0)
+    still = latents[torch.arange(B), last.to(latents.device)]  # (B, C, h, w)
+    held = held.to(latents.device)
+    latents = torch.where(held[..., None, None, None], still[:, None], latents)
+    actions = torch.where(held[..., None], torch.zeros_like(actions), actions)
+    return latents, actions
 
 
 def make_batch(latents: torch.Tensor, actions: torch.Tensor, cfg: TeacherTrainConfig,
@@ -209,6 +239,7 @@ def train(cfg: TeacherTrainConfig) -> DiT:
         batch = next(loader)
         x0 = batch["latents"].to(d.device)
         actions = batch["actions"].to(d.device)
+        x0, actions = freeze_start(x0, actions, cfg.freeze_start)
         x_t, t, keep, noise, weight = make_batch(x0, actions, cfg, gap=batch.get("gap"))
         v = model(x_t, t, actions, mode=cfg.mode, action_mask=keep)
         loss = flow.flow_loss(v.float(), x0, noise, weight)

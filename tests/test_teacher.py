@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distill.sample import dream_teacher, parse_script, play_game
-from distill.train_teacher import TeacherTrainConfig, action_gain, blur, make_batch
+from distill.train_teacher import TeacherTrainConfig, action_gain, blur, freeze_start, make_batch
 from distill.train_teacher import train as train_teacher
 from worldmodel import flow
 from worldmodel.actions import Action
@@ -167,6 +167,25 @@ def test_make_batch_keeps_sinks_and_a_recent_frame_as_context_of_gapped_clips():
     assert (n_ctx[gap > 0] >= 5).all() and (n_ctx[gap > 0] <= 7).all()
     # contiguous clips keep the usual draw: fewer context frames, and none at all
     assert (n_ctx[gap == 0] < 5).any() and (n_ctx[gap == 0] == 0).any()
+
+
+def test_freeze_start_holds_the_first_frames_still_then_plays_the_clip():
+    x0 = torch.randn(200, 6, 2, 3, 3)
+    actions = torch.rand(200, 6, 8) + 0.5  # never "no input"
+    frozen, acts = freeze_start(x0, actions, 0.5, torch.Generator().manual_seed(5))
+    changed = (frozen != x0).flatten(1).any(1)
+    assert 0.3 < changed.float().mean() < 0.7
+    for b in range(200):
+        rest = int((acts[b] == 0).all(-1).sum())  # frames held still, with no input
+        if not changed[b]:
+            assert rest == 0 and torch.equal(acts[b], actions[b])
+            continue
+        assert 2 <= rest <= 5 and (acts[b, :rest] == 0).all()
+        assert torch.equal(acts[b, rest:], actions[b, rest:])  # then the clip as recorded
+        assert all(torch.equal(frozen[b, i], x0[b, rest - 1]) for i in range(rest))
+        assert torch.equal(frozen[b, rest:], x0[b, rest:])
+    same = freeze_start(x0, actions, 0.0)
+    assert same[0] is x0 and same[1] is actions
 
 
 def test_make_batch_blurs_the_context_only():
