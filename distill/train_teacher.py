@@ -192,6 +192,8 @@ def train(cfg: TeacherTrainConfig) -> DiT:
         raise ValueError(f"mode must be bidirectional or causal, got {cfg.mode!r}")
     if cfg.noise not in ("uniform", "independent"):
         raise ValueError(f"noise must be uniform or independent, got {cfg.noise!r}")
+    if not 0 <= cfg.freeze_start <= 1:
+        raise ValueError(f"--freeze-start is a probability in [0, 1], got {cfg.freeze_start}")
     d = setup_distributed(cfg.device)
     torch.manual_seed(cfg.seed + d.rank)
     if cfg.sink_gap and cfg.sink_frames + 1 >= cfg.clip_len:

@@ -186,6 +186,8 @@ def test_freeze_start_holds_the_first_frames_still_then_plays_the_clip():
         assert torch.equal(frozen[b, rest:], x0[b, rest:])
     same = freeze_start(x0, actions, 0.0)
     assert same[0] is x0 and same[1] is actions
+    with pytest.raises(ValueError, match="freeze-start"):
+        train_teacher(TeacherTrainConfig(freeze_start=1.5))
 
 
 def test_make_batch_blurs_the_context_only():
