@@ -58,6 +58,13 @@ def setup_distributed(device: str = "auto") -> Dist:
     return Dist(rank, world, local, dev)
 
 
+def teardown_distributed() -> None:
+    """Destroy the process group, if any, while the interpreter is still whole: a gloo group
+    left to interpreter shutdown can abort the process after its work is done."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def average_gradients(model: nn.Module, d: Dist) -> None:
     """Mean of the gradients over ranks. The student trains through `forward_step`, which
     DDP's forward hook never sees, so the reduction is explicit."""

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import dmd, ode, student_init
+from distill.common import teardown_distributed
 from worldmodel import checkpoint, flags
 from worldmodel.checkpoint import load_student, load_tokenizer
 from worldmodel.flags import add_config_arguments
@@ -120,7 +121,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def main(args: argparse.Namespace) -> int:
-    STAGES[args.stage][2](config_from_args(args))
+    try:
+        STAGES[args.stage][2](config_from_args(args))
+    finally:
+        teardown_distributed()
     return 0
 
 

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from distill.common import teardown_distributed
+
 STAGES = {
     "tokenizer": "distill.train_tokenizer",
     "teacher": "distill.train_teacher",
@@ -25,7 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    return importlib.import_module(STAGES[args.stage]).main(args)
+    try:
+        return importlib.import_module(STAGES[args.stage]).main(args)
+    finally:
+        teardown_distributed()
 
 
 if __name__ == "__main__":
