@@ -323,7 +323,7 @@ def train(cfg: DmdConfig) -> DiT:
     # a resumed run draws other clips than the ones it has already trained on
     ds = ClipDataset(cfg.data, clip_len=lead + sampler.context_length + n_roll,
                      seed=cfg.seed + start, latents=True, gap=cfg.sink_gap,
-                     gap_frames=max(lead, 1), p_gap=1.0)
+                     gap_frames=lead, p_gap=1.0)
     ds.rank = d.rank
     loader = iter(DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers,
                              persistent_workers=cfg.workers > 0))

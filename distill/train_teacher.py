@@ -122,10 +122,9 @@ def freeze_start(latents: torch.Tensor, actions: torch.Tensor, p: float,
     g = dict(generator=generator)
     k = torch.randint(2, F, (B,), **g)
     k[torch.rand(B, **g) >= p] = 0  # these clips stay as they are
-    held = torch.arange(F)[None, :] < k[:, None]  # (B, F): frames at rest
-    last = (k - 1).clamp(min=0)
-    still = latents[torch.arange(B), last.to(latents.device)]  # (B, C, h, w)
-    held = held.to(latents.device)
+    k = k.to(latents.device)
+    held = torch.arange(F, device=k.device)[None, :] < k[:, None]  # (B, F): frames at rest
+    still = latents[torch.arange(B, device=k.device), (k - 1).clamp(min=0)]  # (B, C, h, w)
     latents = torch.where(held[..., None, None, None], still[:, None], latents)
     actions = torch.where(held[..., None], torch.zeros_like(actions), actions)
     return latents, actions
@@ -194,11 +193,11 @@ def train(cfg: TeacherTrainConfig) -> DiT:
         raise ValueError(f"noise must be uniform or independent, got {cfg.noise!r}")
     if not 0 <= cfg.freeze_start <= 1:
         raise ValueError(f"--freeze-start is a probability in [0, 1], got {cfg.freeze_start}")
-    d = setup_distributed(cfg.device)
-    torch.manual_seed(cfg.seed + d.rank)
     if cfg.sink_gap and cfg.sink_frames + 1 >= cfg.clip_len:
         raise ValueError(f"--sink-frames {cfg.sink_frames} leaves no frame to learn in clips of "
                          f"{cfg.clip_len} after a recent context frame")
+    d = setup_distributed(cfg.device)
+    torch.manual_seed(cfg.seed + d.rank)
     ds = ClipDataset(cfg.data, clip_len=cfg.clip_len, seed=cfg.seed, latents=True,
                      gap=cfg.sink_gap, gap_frames=cfg.sink_frames, p_gap=cfg.sink_gap_p)
     ds.rank = d.rank
@@ -225,7 +224,9 @@ def train(cfg: TeacherTrainConfig) -> DiT:
             if checkpoint.exists(cfg.tokenizer) else None}
     loader = iter(DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers,
                              persistent_workers=cfg.workers > 0))
-    plain = ClipDataset(cfg.data, clip_len=cfg.clip_len, seed=cfg.seed, latents=True)
+    # the action-gain probe: the same contiguous clips with or without gapped training
+    plain = (ClipDataset(cfg.data, clip_len=cfg.clip_len, seed=cfg.seed, latents=True)
+             if cfg.sink_gap else ds)
     probe = default_collate([plain.sample(np.random.default_rng(12345 + i)) for i in range(32)])
     probe_x0, probe_a = probe["latents"].to(d.device), probe["actions"].to(d.device)
 

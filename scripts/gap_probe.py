@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill.probes import mse, psnr_of_mse
 from worldmodel.checkpoint import load_teacher, load_tokenizer
 from worldmodel.episode import Episode, find_episodes
 from worldmodel.sampling import teacher_denoise
@@ -33,15 +34,6 @@ def indices(start: int, gap: int, sinks: int, recent: int) -> np.ndarray:
     them, and the frame to make."""
     after = start + sinks + gap
     return np.r_[start:start + sinks, after:after + recent + 1]
-
-
-def mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-frame mean squared error of uint8 frames (N, H, W, 3), in 0..1 units."""
-    return ((a.astype(np.float64) - b.astype(np.float64)) / 255.0).__pow__(2).reshape(len(a), -1).mean(1)
-
-
-def psnr(errors: list[float]) -> float:
-    return float(10 * np.log10(1.0 / max(np.mean(errors), 1e-10)))
 
 
 def places(data: str, clips: int, span: int, seed: int) -> list[tuple[Episode, int]]:
@@ -100,13 +92,13 @@ def main(argv: list[str] | None = None) -> int:
                     errs.setdefault((name, g, stream), []).extend(mse(gen, target))
         print(f"\r{k + 1}/{len(spots)} places", end="", file=sys.stderr)
     print(file=sys.stderr)
-    table = {f"{name or 'repeat'} {stream} gap {g}": psnr(e) for (name, g, stream), e in errs.items()}
+    table = {f"{name or 'repeat'} {stream} gap {g}": psnr_of_mse(e) for (name, g, stream), e in errs.items()}
     head = "| teacher | stream | " + " | ".join(f"gap {g}" for g in gaps) + " |"
     print(head)
     print("|" + " --- |" * (2 + len(gaps)))
     rows = [("", "repeat")] + [(t, s) for t in teachers for s in ("sinks", "recent")]
     for name, stream in rows:
-        cells = " | ".join(f"{psnr(errs[(name, g, stream)]):.2f}" for g in gaps)
+        cells = " | ".join(f"{psnr_of_mse(errs[(name, g, stream)]):.2f}" for g in gaps)
         print(f"| {name or '-'} | {stream} | {cells} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "psnr": table}, indent=1))
