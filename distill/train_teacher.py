@@ -16,6 +16,11 @@ unconditional branch that classifier-free guidance on actions needs.
 
 `--prev-frame` gives each frame's tokens the previous frame's input latent as well (frame
 stacking, `DiTConfig.prev_frame`); the students distilled from such a teacher inherit it.
+`--prev-warp` (with `--prev-frame`) first moves that latent by a zoom and a shift that the
+network reads off the frame's action and learns with the rest (`DiTConfig.prev_warp`).
+`--init STEM` starts from a trained teacher's weights, with a fresh optimiser and schedule:
+with `--prev-frame` / `--prev-warp` added, the new layers start at zero, so that training
+starts from that teacher's function.
 
 `--sink-gap G` trains on gapped clips as well: the first `--sink-frames` frames of a clip,
 then the rest taken up to G frames later. That is what a student's KV cache holds at play
@@ -45,6 +50,7 @@ from torch.utils.data import DataLoader, default_collate
 from distill.common import EMA, Run, cosine_lr, count_params, loop, print0, setup_distributed
 from distill.data import ClipDataset
 from worldmodel import checkpoint, flow
+from worldmodel.checkpoint import load_teacher
 from worldmodel.flags import add_config_arguments, config_from_args
 from worldmodel.model import PRESETS, DiT, get_config
 
@@ -56,6 +62,10 @@ class TeacherTrainConfig:
     out: str = "runs/teacher"
     model: str = "cpu"  # network size: a preset of worldmodel.model.PRESETS
     prev_frame: bool = False  # frame stacking: see worldmodel.model.DiTConfig.prev_frame
+    prev_warp: bool = False  # with prev_frame: move it by the action first (DiTConfig.prev_warp)
+    # Start a new run from a trained teacher's weights (a checkpoint stem), with a fresh
+    # optimiser and schedule; layers it lacks (--prev-frame, --prev-warp) start at zero.
+    init: str = ""
     mode: str = "bidirectional"
     clip_len: int = 8
     batch_size: int = 8
@@ -186,6 +196,28 @@ def action_gain(net: DiT, x0: torch.Tensor, actions: torch.Tensor, mode: str,
     return 100.0 * (loss[False] - loss[True]) / loss[False]
 
 
+NEW_LAYERS = ("prev_embed.", "warp.")  # zero-initialised: the network starts as without them
+
+
+def init_from(net: DiT, stem: str, mode: str) -> None:
+    """Load a trained teacher's weights into `net`, whose layers beyond the checkpoint's may
+    only be the zero-initialised ones (`NEW_LAYERS`), so that it starts as that teacher."""
+    old, meta = load_teacher(stem)
+    if meta.mode != mode:
+        raise ValueError(f"--init {stem} is a {meta.mode} teacher, not {mode}")
+    same = {k: v for k, v in asdict(meta.model).items() if k not in ("prev_frame", "prev_warp")}
+    want = {k: v for k, v in asdict(net.cfg).items() if k in same}
+    if same != want:
+        diff = sorted(k for k in same if same[k] != want[k])
+        raise ValueError(f"--init {stem} has another network: {', '.join(diff)} differ")
+    keys = net.load_state_dict(old.state_dict(), strict=False)
+    if keys.unexpected_keys or any(not k.startswith(NEW_LAYERS) for k in keys.missing_keys):
+        raise ValueError(f"--init {stem} does not fit: it has {keys.unexpected_keys} that this "
+                         f"network lacks, and lacks {keys.missing_keys}")
+    print0(f"started from {stem}" + (f" (new: {', '.join(keys.missing_keys)})"
+                                     if keys.missing_keys else ""))
+
+
 def train(cfg: TeacherTrainConfig) -> DiT:
     if cfg.mode not in ("bidirectional", "causal"):
         raise ValueError(f"mode must be bidirectional or causal, got {cfg.mode!r}")
@@ -202,8 +234,11 @@ def train(cfg: TeacherTrainConfig) -> DiT:
                      gap=cfg.sink_gap, gap_frames=cfg.sink_frames, p_gap=cfg.sink_gap_p)
     ds.rank = d.rank
     C, h = ds.sample(np.random.default_rng(0))["latents"].shape[1:3]
-    model_cfg = get_config(cfg.model, latent_channels=C, latent_size=h, prev_frame=cfg.prev_frame)
+    model_cfg = get_config(cfg.model, latent_channels=C, latent_size=h, prev_frame=cfg.prev_frame,
+                           prev_warp=cfg.prev_warp)
     net = DiT(model_cfg).to(d.device)
+    if cfg.init:
+        init_from(net, cfg.init, cfg.mode)
     print0(f"{cfg.mode} DiT {cfg.model}: {count_params(net) / 1e6:.2f}M params, latents "
            f"{C}x{h}x{h}, clips of {cfg.clip_len}, {len(ds.episodes)} episodes / "
            f"{ds.frames_total} frames, {d.world} process(es) on {d.device}")

@@ -3,11 +3,13 @@ backends against each other, and that it learns. Tiny configs only; the file run
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 import torch
 
+from worldmodel.actions import KEYS
 from worldmodel.attention import attention, available_backends, frame_block_mask
 from worldmodel.model import (
     DiT,
@@ -185,11 +187,14 @@ def test_causal_outputs_ignore_the_future():
 # 3-4. Cached step-by-step == uncached full forward
 
 
+PREV = [{}, {"prev_frame": True}, {"prev_frame": True, "prev_warp": True}]
+
+
 @torch.no_grad()
-@pytest.mark.parametrize("prev_frame", [False, True])
+@pytest.mark.parametrize("prev", PREV)
 @pytest.mark.parametrize("chunk", [1, 2])
-def test_cached_steps_equal_causal_forward(chunk, prev_frame):
-    model = make_model(prev_frame=prev_frame)
+def test_cached_steps_equal_causal_forward(chunk, prev):
+    model = make_model(**prev)
     F = 6
     x, t, a = make_inputs(model, B=2, F=F)
     full = model(x, t, a, mode="causal")
@@ -243,6 +248,50 @@ def test_zero_prev_projection_is_the_model_without_it():
 
 
 @torch.no_grad()
+def test_prev_warp_moves_the_previous_frame_by_its_frames_action():
+    """warp_prev shifts by whole cells and zooms about the centre as its linear map says,
+    reads frame i's own action (the one that led into frame i), and leaves a dropped action
+    (CFG's unconditional branch) unmoved. A fresh model's warp is the identity."""
+    fresh = DiT(get_config("tiny", prev_frame=True, prev_warp=True))
+    assert not fresh.warp.weight.any() and not fresh.warp.bias.any()
+    model = make_model(prev_frame=True, prev_warp=True)
+    h = model.cfg.latent_size
+    ramp = torch.arange(h, dtype=torch.float64).expand(1, 1, 2, h, h)  # value = column
+    prev = ramp.expand(1, 3, 2, h, h).clone()
+    a = torch.zeros(1, 3, A, dtype=torch.float64)
+    a[0, 1, 0] = 1.0  # forward, frame 1 only
+    a[0, 2, len(KEYS)] = 1.0  # yaw, frame 2 only
+    with torch.no_grad():
+        model.warp.weight.zero_()
+        model.warp.bias.zero_()
+        model.warp.weight[0, 0] = math.log(2.0)  # forward: zoom in twice
+        model.warp.weight[1, len(KEYS)] = 2.0 * 2 / h  # yaw: sample 2 cells to the right
+    moved = model.warp_prev(prev, a, None)
+    assert torch.equal(moved[:, 0], prev[:, 0])
+    # zoom 2 about the centre: column c shows (c + 0.5) / 2 + h / 4 - 0.5 of the ramp
+    cols = (torch.arange(h, dtype=torch.float64) + 0.5) / 2 + h / 4 - 0.5
+    torch.testing.assert_close(moved[0, 1, 0, 0], cols)
+    torch.testing.assert_close(moved[0, 2, 0, 0, : h - 2], prev[0, 2, 0, 0, 2:])
+    assert torch.equal(moved[0, 2, 0, 0, h - 2:], torch.full((2,), h - 1.0, dtype=torch.float64))
+    dropped = model.warp_prev(prev, a, torch.tensor([False]))
+    assert torch.equal(dropped, prev)
+    # embed warps the shifted input: frame i's tokens see frame i - 1 moved by action i
+    x, t, _ = make_inputs(model, B=1, F=3)
+    tokens, _ = model.embed(x, t, a)
+    plain = make_model(prev_frame=True)
+    plain.load_state_dict(model.state_dict(), strict=False)
+    want, _ = plain.embed(x, t, a)  # the same network without the warp
+    torch.testing.assert_close(tokens[:, 0], want[:, 0])  # zeros before frame 0 stay zeros
+    assert not torch.allclose(tokens[:, 1], want[:, 1])  # frame 1's forward zooms frame 0
+    assert not torch.allclose(tokens[:, 2], want[:, 2])
+    shifted = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1)
+    w = model.warp_prev(shifted, a, None)
+    p = model.cfg.patch_size
+    ref = plain.patch_embed(patchify(x, p)) + plain.prev_embed(patchify(w, p))
+    torch.testing.assert_close(tokens, ref)
+
+
+@torch.no_grad()
 def test_denoising_calls_do_not_touch_the_cache():
     model = make_model()
     x, t, a = make_inputs(model, B=1, F=4)
@@ -256,10 +305,10 @@ def test_denoising_calls_do_not_touch_the_cache():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("prev_frame", [False, True])
+@pytest.mark.parametrize("prev", PREV)
 @pytest.mark.parametrize("chunk", [1, 2, 3])
-def test_ring_buffer_equals_banded_forward(chunk, prev_frame):
-    model = make_model(prev_frame=prev_frame)
+def test_ring_buffer_equals_banded_forward(chunk, prev):
+    model = make_model(**prev)
     W, F = 3, 9  # F > 2W: the ring wraps around several times
     x, t, a = make_inputs(model, B=2, F=F)
     full = model(x, t, a, mode="causal", window=W)
@@ -500,7 +549,8 @@ def test_states_with_one_layout_key_have_one_layout(window, sinks):
     assert len(late) <= max(window - 1, 1)
 
 
-@pytest.mark.parametrize("prev_frame,cache_level", [(False, 0.0), (True, 0.0), (True, 0.1)])
+@pytest.mark.parametrize("prev_frame,cache_level", [(False, 0.0), (True, 0.0), (True, 0.1),
+                                                    ("warp", 0.1)])
 @pytest.mark.parametrize("window,chunk,sinks", [(3, 1, 0), (4, 1, 0), (5, 2, 0), (2, 1, 4),
                                                 (3, 1, 1), (2, 1, 3), (3, 2, 2), (4, 3, 5)])
 def test_fused_cache_write_equals_a_separate_pass(window, chunk, sinks, prev_frame, cache_level):
@@ -508,7 +558,7 @@ def test_fused_cache_write_equals_a_separate_pass(window, chunk, sinks, prev_fra
     the frames are those of a separate write pass, over a session long enough to wrap the
     ring many times. With sinks, also while the sinks are still filling (more sinks than
     context frames, so that generated frames become sinks inside a fused pass)."""
-    model = make_model(prev_frame=prev_frame)
+    model = make_model(prev_frame=bool(prev_frame), prev_warp=prev_frame == "warp")
     cfg = StudentConfig(window=window, chunk=chunk, sinks=sinks, context_length=2,
                         cache_level=cache_level)
     x, _, a = make_inputs(model, B=2, F=2 + 12 * chunk)

@@ -50,11 +50,11 @@ def context(size: int, n: int = 3, seed: int = 3) -> list[np.ndarray]:
 @pytest.mark.parametrize("window,sinks,chunk,prev_frame,cache_level",
                          [(4, 0, 1, False, 0.0), (3, 1, 1, False, 0.0), (5, 0, 2, False, 0.0),
                           (4, 0, 1, True, 0.1), (3, 1, 1, True, 0.0), (2, 4, 1, False, 0.0),
-                          (2, 3, 1, True, 0.1), (3, 2, 2, False, 0.0)])
+                          (2, 3, 1, True, 0.1), (3, 2, 2, False, 0.0), (2, 4, 1, "warp", 0.1)])
 def test_slot_rows_equal_separate_samplers(window, sinks, chunk, prev_frame, cache_level):
     """Rows of a SlotKVCache that start at different times and skip ticks produce, row by
     row, the latents of a batch-1 sampler of their own (same math, other shapes)."""
-    model = random_dit(prev_frame=prev_frame)
+    model = random_dit(prev_frame=bool(prev_frame), prev_warp=prev_frame == "warp")
     cfg = StudentConfig(window=window, sinks=sinks, chunk=chunk, context_length=2,
                         cache_level=cache_level)
     g = torch.Generator().manual_seed(1)

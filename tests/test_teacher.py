@@ -3,13 +3,21 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from distill.sample import dream_teacher, parse_script, play_game
-from distill.train_teacher import TeacherTrainConfig, action_gain, blur, freeze_start, make_batch
+from distill.train_teacher import (
+    TeacherTrainConfig,
+    action_gain,
+    blur,
+    freeze_start,
+    init_from,
+    make_batch,
+)
 from distill.train_teacher import train as train_teacher
 from worldmodel import flow
 from worldmodel.actions import Action
@@ -115,6 +123,48 @@ def test_prev_frame_teacher_trains_and_loads(tiny_pipeline, tmp_path):
     assert meta.model.prev_frame and model.prev_embed.weight.abs().sum() > 0
     old, old_meta = load_teacher(tiny_pipeline.teacher)
     assert not old_meta.model.prev_frame and not hasattr(old, "prev_embed")
+    assert not old_meta.model.prev_warp and not hasattr(old, "warp")
+
+
+def test_prev_warp_teacher_trains_and_loads(tiny_pipeline, tmp_path):
+    """--prev-warp travels in the checkpoint and its zero-initialised map learns; without
+    --prev-frame it is refused."""
+    base = dict(data=str(tiny_pipeline.data), tokenizer=str(tiny_pipeline.tokenizer),
+                model="tiny", clip_len=4, batch_size=2, workers=0, steps=4, ema_decay=0.0)
+    train_teacher(TeacherTrainConfig(**base, out=str(tmp_path / "w"), prev_frame=True,
+                                     prev_warp=True))
+    model, meta = load_teacher(tmp_path / "w" / "model")
+    assert meta.model.prev_warp and model.warp.weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="prev_warp needs prev_frame"):
+        train_teacher(TeacherTrainConfig(**base, out=str(tmp_path / "x"), prev_warp=True))
+
+
+def test_init_starts_from_a_trained_teacher_with_new_layers_at_zero(tiny_pipeline, tmp_path):
+    """--init loads a teacher's weights; with --prev-frame --prev-warp added the network gives
+    that teacher's velocities until it trains; another network, or one without layers the
+    checkpoint has, is refused. A run started so trains and saves."""
+    old, meta = load_teacher(tiny_pipeline.teacher)
+    net = DiT(replace(meta.model, prev_frame=True, prev_warp=True))
+    init_from(net, tiny_pipeline.teacher, meta.mode)
+    g = torch.Generator().manual_seed(0)
+    c, h = meta.model.latent_channels, meta.model.latent_size
+    x = torch.randn(2, 4, c, h, h, generator=g)
+    t, a = torch.rand(2, 4, generator=g), torch.randn(2, 4, meta.model.action_dim, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x, t, a, mode=meta.mode), old(x, t, a, mode=meta.mode),
+                                   atol=0, rtol=0)
+    with pytest.raises(ValueError, match="another network: dim"):
+        init_from(DiT(replace(meta.model, dim=meta.model.dim * 2)), tiny_pipeline.teacher, meta.mode)
+    with pytest.raises(ValueError, match="causal"):
+        init_from(DiT(meta.model), tiny_pipeline.teacher, "causal")
+    base = dict(data=str(tiny_pipeline.data), tokenizer=str(tiny_pipeline.tokenizer),
+                model="tiny", clip_len=4, batch_size=2, workers=0, steps=2, ema_decay=0.0)
+    train_teacher(TeacherTrainConfig(**base, out=str(tmp_path / "w"), prev_frame=True,
+                                     prev_warp=True, init=str(tiny_pipeline.teacher)))
+    warped, _ = load_teacher(tmp_path / "w" / "model")
+    with pytest.raises(ValueError, match="does not fit"):
+        init_from(DiT(meta.model), str(tmp_path / "w" / "model"), meta.mode)
+    assert warped.warp.weight.abs().sum() > 0
 
 
 def test_sample_dreams_frames_against_the_game(tiny_pipeline):

@@ -19,6 +19,8 @@ frame, as in DIAMOND's frame stacking; a context frame's predecessor carries the
 was given; and frames noised together (training clips, DMD scores) see their predecessor at its
 own noise level, so a bidirectional teacher cannot read a frame's clean latent off its successor.
 The cache keeps the last frame it was written, which is what the next step's first frame sees.
+With `prev_warp` as well, that previous latent is first moved by a zoom and a shift read off
+the frame's action by a zero-initialised linear map (`DiT.warp_prev`), learnt with the rest.
 
 Attention rule, at frame level: in causal mode frame i sees frame j <= i; with a window W only
 if i - j < W, unless j < S (the first S frames are sinks, visible to every later frame). A
@@ -62,8 +64,14 @@ class DiTConfig:
     # Frame stacking (DIAMOND, GameNGen): each frame's tokens also embed the previous frame's
     # input latent, so "nothing moved" is a copy rather than a lookup through attention.
     prev_frame: bool = False
+    # With prev_frame: the previous latent is first moved by a zoom and a shift that a
+    # zero-initialised linear map reads off the frame's action (see `DiT.warp_prev`), so that
+    # walking forward or turning is a copy of the moved frame rather than a lookup.
+    prev_warp: bool = False
 
     def __post_init__(self) -> None:
+        if self.prev_warp and not self.prev_frame:
+            raise ValueError("prev_warp needs prev_frame")
         if self.latent_size % self.patch_size:
             raise ValueError("latent_size must be a multiple of patch_size")
         if self.dim % self.heads or (self.dim // self.heads) % 2 or self.dim // self.heads < 6:
@@ -518,6 +526,8 @@ class DiT(nn.Module):
         self.patch_embed = nn.Linear(p * p * cfg.latent_channels, D)
         if cfg.prev_frame:
             self.prev_embed = nn.Linear(p * p * cfg.latent_channels, D)
+        if cfg.prev_warp:
+            self.warp = nn.Linear(cfg.action_dim, 3)  # action -> log zoom, shift x, shift y
         self.t_embed = nn.Sequential(nn.Linear(cfg.freq_dim, D), nn.SiLU(), nn.Linear(D, D))
         n_action = action_features(torch.zeros(cfg.action_dim), cfg.action_freqs).shape[-1]
         self.a_embed = nn.Sequential(nn.Linear(n_action, D), nn.SiLU(), nn.Linear(D, D))
@@ -544,6 +554,9 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final.linear.bias)
         if self.cfg.prev_frame:  # starts as the model without it (and as its checkpoint)
             nn.init.zeros_(self.prev_embed.weight)
+        if self.cfg.prev_warp:  # starts as the identity: the plain previous frame
+            nn.init.zeros_(self.warp.weight)
+            nn.init.zeros_(self.warp.bias)
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -559,6 +572,8 @@ class DiT(nn.Module):
             if first_prev is None:
                 first_prev = torch.zeros_like(x[:, :1])
             prev = torch.cat([first_prev.to(x.dtype), x[:, :-1]], dim=1)  # (B, F, C, h, w)
+            if self.cfg.prev_warp:
+                prev = self.warp_prev(prev, actions, action_mask)
             tokens = tokens + self.prev_embed(patchify(prev, p).to(dtype))  # (B, F, N, D)
         c = self.t_embed(timestep_embedding(t, self.cfg.freq_dim).to(dtype))  # (B, F, D)
         a = self.a_embed(action_features(actions, self.cfg.action_freqs).to(dtype))  # (B, F, D)
@@ -566,6 +581,24 @@ class DiT(nn.Module):
             keep = action_mask.reshape(actions.shape[0], -1, 1).bool()  # (B, F or 1, 1)
             a = torch.where(keep, a, self.null_action.to(dtype))
         return tokens, c + a
+
+    def warp_prev(self, prev: Tensor, actions: Tensor, action_mask: Tensor | None) -> Tensor:
+        """Move each previous latent (B, F, C, h, w) by the zoom and shift its frame's action
+        (B, F, A) maps to: a zoom about the centre for walking, a shift for turning, looking up
+        or down and strafing. A dropped action (action_mask False) leaves the frame unmoved."""
+        B, Fr, C, h, w = prev.shape
+        z, sx, sy = self.warp(actions.to(self.warp.weight.dtype)).unbind(-1)  # (B, F) each
+        if action_mask is not None:
+            keep = action_mask.reshape(B, -1).to(z.dtype).expand(B, Fr)
+            z, sx, sy = z * keep, sx * keep, sy * keep
+        s = torch.exp(-z)  # zooming in samples a smaller region of the previous frame
+        zero = torch.zeros_like(s)
+        theta = torch.stack([torch.stack([s, zero, sx], -1), torch.stack([zero, s, sy], -1)], -2)
+        theta = theta.reshape(B * Fr, 2, 3).to(prev.dtype)
+        grid = F.affine_grid(theta, [B * Fr, C, h, w], align_corners=False)
+        moved = F.grid_sample(prev.reshape(B * Fr, C, h, w), grid, mode="bilinear",
+                              padding_mode="border", align_corners=False)
+        return moved.reshape(B, Fr, C, h, w)
 
     def rope(self, frame_pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Frame positions (F,) -> cos, sin (F*N, Dh) for every token of those frames; positions
