@@ -13,6 +13,7 @@ import torch
 
 from worldmodel.actions import Action
 from worldmodel.checkpoint import load_teacher
+from worldmodel.model import DiT
 
 INPUTS = {
     "none": Action(), "forward": Action(forward=True), "back": Action(back=True),
@@ -22,6 +23,17 @@ INPUTS = {
 }
 
 
+def learnt_warp(net: DiT) -> dict[str, tuple[float, float, float]]:
+    """Per input of INPUTS: (zoom factor, shift x, shift y in latent cells) of the warp."""
+    half = net.cfg.latent_size / 2  # grid units -> cells
+    out = {}
+    with torch.no_grad():
+        for name, a in INPUTS.items():
+            z, sx, sy = net.warp(torch.from_numpy(a.to_vector()).to(net.warp.weight)).tolist()
+            out[name] = (math.exp(z), sx * half, sy * half)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="teacher checkpoint stems")
@@ -29,12 +41,9 @@ def main() -> None:
         net, meta = load_teacher(stem)
         if not meta.model.prev_warp:
             raise SystemExit(f"{stem} has no prev_warp")
-        half = meta.model.latent_size / 2  # grid units -> cells
         print(f"{stem}: input | zoom | shift x, y (cells, + samples right / down)")
-        with torch.no_grad():
-            for name, a in INPUTS.items():
-                z, sx, sy = net.warp(torch.from_numpy(a.to_vector())).tolist()
-                print(f"  {name:15s} | {math.exp(z):.4f} | {sx * half:+.3f}, {sy * half:+.3f}")
+        for name, (zoom, dx, dy) in learnt_warp(net).items():
+            print(f"  {name:15s} | {zoom:.4f} | {dx:+.3f}, {dy:+.3f}")
 
 
 if __name__ == "__main__":
