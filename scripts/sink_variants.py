@@ -3,6 +3,7 @@
     python scripts/sink_variants.py gap G -- [wm eval arguments]
     python scripts/sink_variants.py bias B -- [wm eval arguments]
     python scripts/sink_variants.py reencode -- [wm eval arguments]
+    python scripts/sink_variants.py warp K -- [wm eval arguments]
 
 The shipped cache gives the S sinks RoPE frame positions 0..S-1 and the window the positions
 right after them, so the first frames of a session always look a frame or two old.
@@ -15,6 +16,10 @@ right after them, so the first frames of a session always look a frame or two ol
 - reencode: every generated frame is decoded to uint8 pixels and encoded again by the
   checkpoint's tokenizer before it goes into the cache, so the network only ever sees
   latents of real images; the frames shown are the generated ones, as shipped.
+- warp K (a `--prev-warp` model): the zoom and shift that the network reads off each action
+  are scaled by K before the previous frame is moved (K = 1 is the shipped network, K = 0
+  gives it the previous frame unmoved), so that a held forward key zooms its own last frame
+  less each step.
 
 None is a sampler option: they change `worldmodel.model` or `worldmodel.sampling` for this
 process only, and the eval's streams that use a KV cache (student, student init) see them.
@@ -114,19 +119,40 @@ def use_reencode(tokenizer: Tokenizer):
     return undo
 
 
+def use_warp(scale: float):
+    """Patch the warp of the previous frame; returns a function that undoes it."""
+    warp_prev = m.DiT.warp_prev
+
+    def scaled(self, prev, actions, action_mask):
+        hook = self.warp.register_forward_hook(lambda _mod, _inp, out: out * scale)
+        try:
+            return warp_prev(self, prev, actions, action_mask)
+        finally:
+            hook.remove()
+
+    m.DiT.warp_prev = scaled
+
+    def undo() -> None:
+        m.DiT.warp_prev = warp_prev
+
+    return undo
+
+
 def main() -> int:
     argv = sys.argv[1:]
     ours, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("variant", choices=["gap", "bias", "reencode"])
-    ap.add_argument("amount", type=float, nargs="?", help="G or B (not for reencode)")
+    ap.add_argument("variant", choices=["gap", "bias", "reencode", "warp"])
+    ap.add_argument("amount", type=float, nargs="?", help="G, B or K (not for reencode)")
     args = ap.parse_args(ours)
     if (args.amount is None) != (args.variant == "reencode"):
-        ap.error("gap and bias take an amount, reencode none")
+        ap.error("gap, bias and warp take an amount, reencode none")
     if args.variant == "gap":
         use_gap(int(args.amount))
     elif args.variant == "bias":
         use_bias(args.amount)
+    elif args.variant == "warp":
+        use_warp(args.amount)
     else:
         eval_args = argparse.ArgumentParser(add_help=False)
         eval_args.add_argument("--checkpoint", default="default")

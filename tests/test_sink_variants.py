@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.test_model import make_inputs, make_model, run_steps
+from tests.test_model import A, make_inputs, make_model, run_steps
+from worldmodel.actions import KEYS
 from worldmodel.sampling import StudentConfig, StudentSampler
 from worldmodel.tokenizer import TOKENIZER_PRESETS, Tokenizer, frames_to_tensor, tensor_to_frames
 
@@ -117,3 +119,30 @@ def test_reencode_caches_the_tokenizers_own_latents(patched):
     assert not torch.allclose(cached, shipped) and bool((t == 0).all())
     sink_variants.use_reencode(tok)()  # a second patch's undo restores the first
     torch.testing.assert_close(sampler.cache_input(x0, None)[0], expected)
+
+
+@torch.no_grad()
+def test_a_scaled_warp_is_the_warp_of_a_scaled_map(patched):
+    # Scaling the zoom and shift by K is a network whose warp map is K times its own; K = 0
+    # hands it the previous frame unmoved.
+    model = make_model(prev_frame=True, prev_warp=True)
+    h = model.cfg.latent_size
+    prev = torch.randn(1, 3, model.cfg.latent_channels, h, h, dtype=torch.float64)
+    a = torch.zeros(1, 3, A, dtype=torch.float64)
+    a[0, 1, 0] = 1.0
+    a[0, 2, len(KEYS)] = 1.0
+    model.warp.weight.zero_()
+    model.warp.bias.zero_()
+    model.warp.weight[0, 0] = math.log(2.0)
+    model.warp.weight[1, len(KEYS)] = 4.0 / h
+    full = model.warp_prev(prev, a, None)
+    half_map = make_model(prev_frame=True, prev_warp=True)
+    half_map.load_state_dict(model.state_dict())
+    half_map.warp.weight.mul_(0.5)
+    want = half_map.warp_prev(prev, a, None)
+    patched(sink_variants.use_warp, 0.5)
+    half = model.warp_prev(prev, a, None)
+    torch.testing.assert_close(half, want)
+    assert not torch.allclose(half[:, 1:], full[:, 1:])
+    patched(sink_variants.use_warp, 0.0)
+    torch.testing.assert_close(model.warp_prev(prev, a, None), prev)
