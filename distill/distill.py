@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import dmd, ode, student_init
+from distill.cache_latents import latent_mean_range
 from distill.common import teardown_distributed
 from worldmodel import checkpoint, flags
 from worldmodel.checkpoint import load_student, load_tokenizer
@@ -59,6 +60,9 @@ class PackConfig:
     # the sampler's sinks and window at inference, when not the student's own (-1: its own)
     sinks: int = -1
     window: int = -1
+    # a dataset whose latents were cached with this tokenizer: the range of its frames'
+    # channel means becomes the sampler's mean_bounds (see worldmodel.sampling.StudentConfig)
+    mean_bounds: str | None = None
 
 
 def parse_worlds(text: str | None) -> list[int] | None:
@@ -90,6 +94,8 @@ def pack(cfg: PackConfig) -> Path:
                           window=cfg.window if cfg.window >= 0 else sampler.window)
         if sampler.window < 1:
             raise ValueError(f"--window must be at least 1 (the new frame), not {sampler.window}")
+    if cfg.mean_bounds:
+        sampler = replace(sampler, mean_bounds=latent_mean_range(cfg.mean_bounds, cfg.tokenizer))
     folder = save_world_model(cfg.out, tok, student, sampler, {
         "distill": {"stage": meta["stage"], "step": meta["step"], "teacher": meta["teacher"],
                     "student": cfg.student, "tokenizer": cfg.tokenizer},

@@ -377,6 +377,22 @@ def test_distill_end_to_end(tmp_path):
     with pytest.raises(ValueError, match="--window"):
         wm_distill("pack", "--student", dmd_dir / "model", "--tokenizer", tmp_path / "tok",
                    "--out", tmp_path / "world-none", "--window", "0")
+    # the range of the data's channel means becomes the sampler's guard, from latents of this
+    # tokenizer only
+    with pytest.raises(ValueError, match="no latents from"):
+        wm_distill("pack", "--student", dmd_dir / "model", "--tokenizer", tmp_path / "tok",
+                   "--out", tmp_path / "world-bounds", "--mean-bounds", data)
+    tok_hash = checkpoint.file_hash(tmp_path / "tok.safetensors")
+    means = []
+    for ep in sorted(data.glob("ep_*")):
+        (ep / "latents.json").write_text(json.dumps({"tokenizer": tok_hash, "frames": 12}))
+        means.append(np.load(ep / "latents.npy").astype(np.float32).mean(axis=(2, 3)))
+    wm_distill("pack", "--student", dmd_dir / "model", "--tokenizer", tmp_path / "tok",
+               "--out", tmp_path / "world-bounds", "--mean-bounds", data)
+    bounded = WorldSession.from_checkpoint(tmp_path / "world-bounds")
+    means = np.concatenate(means)
+    np.testing.assert_allclose(bounded.sampler.cfg.mean_bounds, [means.min(0), means.max(0)])
+    assert bounded.sampler.cfg.mean_bounds[0] != bounded.sampler.cfg.mean_bounds[1]
     session.reset(np.zeros((3, 32, 32, 3), np.uint8))
     for a in (Action(), Action(forward=True), Action(yaw=0.5)):
         frame = session.step(a)

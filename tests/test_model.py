@@ -22,7 +22,7 @@ from worldmodel.model import (
     rope_tables,
     unpatchify,
 )
-from worldmodel.sampling import StudentConfig, StudentSampler
+from worldmodel.sampling import StudentConfig, StudentSampler, clamp_channel_means
 
 A = 8  # action dim
 
@@ -572,6 +572,41 @@ def test_fused_cache_write_equals_a_separate_pass(window, chunk, sinks, prev_fra
         assert play.cache.frames == a.shape[1] - (chunk if fuse else 0)
     assert frames[True].abs().mean() > 0.1
     torch.testing.assert_close(frames[True], frames[False], atol=1e-9, rtol=0)
+
+
+@torch.no_grad()
+def test_mean_bounds_move_only_frames_outside_them():
+    """The guard moves a frame's channel means into the bounds by a constant per channel and
+    keeps the rest of the frame; a frame inside them, and a session whose frames all stay
+    inside, are the sampler's without the guard bit for bit."""
+    model = make_model()
+    C = model.cfg.latent_channels
+    x, _, a = make_inputs(model, B=2, F=8)
+    lo = torch.full((C, 1, 1), -0.05, dtype=x.dtype)
+    hi = torch.full((C, 1, 1), 0.05, dtype=x.dtype)
+    moved = clamp_channel_means(x, lo, hi)
+    mean, new = x.mean(dim=(-2, -1), keepdim=True), moved.mean(dim=(-2, -1), keepdim=True)
+    assert (mean.abs() > 0.05).any()  # some channels start outside
+    torch.testing.assert_close(new, mean.clamp(-0.05, 0.05))
+    torch.testing.assert_close(moved - new, x - mean)  # the pattern is kept
+    assert torch.equal(clamp_channel_means(x, lo - 10, hi + 10), x)
+
+    def session(bounds):
+        cfg = StudentConfig(window=3, context_length=2, mean_bounds=bounds)
+        play = StudentSampler(model, cfg, batch_size=2)
+        play.prefill(x[:, :2], a[:, :2])
+        g = torch.Generator().manual_seed(0)
+        return torch.cat([play.step(a[:, i:i + 1], g) for i in range(2, 8)], 1)
+
+    free = session(None)
+    tight = session([[-0.05] * C, [0.05] * C])
+    assert (free.mean(dim=(-2, -1)).abs() > 0.05).any()
+    assert (tight.mean(dim=(-2, -1)).abs() <= 0.05 + 1e-9).all()
+    assert torch.equal(session([[-1e3] * C, [1e3] * C]), free)
+    with pytest.raises(ValueError, match="mean_bounds"):
+        session([[-1.0] * (C - 1), [1.0] * (C - 1)])
+    with pytest.raises(ValueError, match="mean_bounds"):
+        session([[1.0] * C, [-1.0] * C])
 
 
 @torch.no_grad()

@@ -33,6 +33,20 @@ class StudentConfig:
     # level writes it re-noised and says so, like the teacher's noised context in training
     # (GameNGen, Oasis). Context frames from reset() are written clean.
     cache_level: float = 0.0
+    # Per latent channel, the range of a real frame's spatial mean: [lo per channel, hi per
+    # channel], the training latents' per-frame extremes (`wm distill pack --mean-bounds DATA`).
+    # After every denoising step a generated frame's channel means are moved into it and the
+    # rest of the frame is kept, so that a rollout cannot drift into a saturated field (a
+    # white screen) that no real frame encodes to; frames inside the range are left exactly
+    # as they are. None: no guard.
+    mean_bounds: list[list[float]] | None = None
+
+
+def clamp_channel_means(x0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """x0 (..., C, h, w) with each channel's spatial mean moved into [lo, hi] (C, 1, 1) by a
+    constant offset: a frame whose means lie inside is returned unchanged, bit for bit."""
+    mean = x0.mean(dim=(-2, -1), keepdim=True)
+    return x0 + (torch.minimum(torch.maximum(mean, lo), hi) - mean)
 
 
 @dataclass
@@ -73,6 +87,14 @@ class StudentSampler:
         self.cache: KVCache | SlotKVCache = cache if cache is not None else model.init_cache(
             batch_size, cfg.window, cfg.sinks, p.device, p.dtype)
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # frames not yet cached
+        self._bounds: tuple[torch.Tensor, torch.Tensor] | None = None
+        if cfg.mean_bounds is not None:
+            C = model.cfg.latent_channels
+            b = torch.tensor(cfg.mean_bounds, device=p.device, dtype=p.dtype)
+            if b.shape != (2, C) or bool((b[0] > b[1]).any()):
+                raise ValueError(f"mean_bounds must be [lo, hi] with {C} values each and lo <= hi, "
+                                 f"not {cfg.mean_bounds}")
+            self._bounds = (b[0].view(C, 1, 1), b[1].view(C, 1, 1))
 
     def _write(self, cache: KVCache, latents: torch.Tensor, actions: torch.Tensor) -> None:
         for i in range(0, latents.shape[1], self.cfg.chunk):
@@ -161,6 +183,8 @@ class StudentSampler:
                 else:
                     v = self.model.forward_step(x, tt, actions, self.cache)
                 x0 = flow.predict_x0(x, v, tt)
+                if self._bounds is not None:
+                    x0 = clamp_channel_means(x0, *self._bounds)
             if k < last:
                 x = flow.renoise(x0, self.timesteps[k + 1], noise=self._noise(shape, generator))
         with torch.no_grad():
