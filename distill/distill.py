@@ -96,12 +96,16 @@ def pack(cfg: PackConfig) -> Path:
             raise ValueError(f"--window must be at least 1 (the new frame), not {sampler.window}")
     if cfg.mean_bounds:
         sampler = replace(sampler, mean_bounds=latent_mean_range(cfg.mean_bounds, cfg.tokenizer))
+    # a training run's student, or a packed folder's (its run's facts kept, its worlds too
+    # unless --worlds names others)
+    run = meta.get("distill", meta)
+    worlds = parse_worlds(cfg.worlds) if cfg.worlds else meta.get("worlds")
     folder = save_world_model(cfg.out, tok, student, sampler, {
-        "distill": {"stage": meta["stage"], "step": meta["step"], "teacher": meta["teacher"],
+        "distill": {"stage": run["stage"], "step": run["step"], "teacher": run["teacher"],
                     "student": cfg.student, "tokenizer": cfg.tokenizer},
-        "worlds": parse_worlds(cfg.worlds)})
-    print(f"world model written to {folder} (student from {cfg.student}, {meta['stage']} "
-          f"step {meta['step']}); try: wm play --checkpoint {folder}")
+        "worlds": worlds})
+    print(f"world model written to {folder} (student from {cfg.student}, {run['stage']} "
+          f"step {run['step']}); try: wm play --checkpoint {folder}")
     return folder
 
 

@@ -393,6 +393,13 @@ def test_distill_end_to_end(tmp_path):
     means = np.concatenate(means)
     np.testing.assert_allclose(bounded.sampler.cfg.mean_bounds, [means.min(0), means.max(0)])
     assert bounded.sampler.cfg.mean_bounds[0] != bounded.sampler.cfg.mean_bounds[1]
+    # a packed folder's student packs again, keeping its run's facts and worlds
+    wm_distill("pack", "--student", tmp_path / "world-few" / "student", "--tokenizer",
+               tmp_path / "tok", "--out", tmp_path / "world-again", "--sinks", "1")
+    again = json.loads((tmp_path / "world-again" / "student.json").read_text())
+    assert again["worlds"] == [0, 1, 2, 7] and again["sampler"]["sinks"] == 1
+    assert again["distill"]["stage"] == "dmd" and again["distill"]["step"] == json.loads(
+        (dmd_dir / "model.json").read_text())["step"]
     session.reset(np.zeros((3, 32, 32, 3), np.uint8))
     for a in (Action(), Action(forward=True), Action(yaw=0.5)):
         frame = session.step(a)
