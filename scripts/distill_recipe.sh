@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The shipped default's distillation (docs/train-your-own.md, row W of docs/benchmarks.md)
+# The shipped default's distillation (docs/train-your-own.md; rows W and Z14 of docs/benchmarks.md)
 # from a given teacher, on one core, then its servable folders and quick evals:
 #
 #     scripts/distill_recipe.sh TEACHER OUT [CORE]
 #
-# OUT/wm (sinks 4, window 2, as shipped), OUT/wm-init, OUT/wm-nosink (window 8), and
+# OUT/wm (sinks 4, window 2 and the channel-mean guard from DATA, as shipped), OUT/wm-init,
+# OUT/wm-nosink (window 8), and
 # OUT/eval, OUT/eval-nosink from `wm eval --quick`. Every stage resumes when rerun.
 # DATA (runs/data-play/train), TOKENIZER (assets/default/tokenizer), SEED (0), DMD_MINUTES
 # (8), INIT_FLAGS and DMD_FLAGS (extra `wm distill init` / `dmd` flags) may be set in the
@@ -38,7 +39,8 @@ fi
 run distill dmd --preset cpu --data "$DATA" --teacher "$T" --student "$STUDENT" \
     --out "$R/student-dmd" --teacher-cfg 3 --real-weight 2 --rollout-frames 12 --steps 2000 \
     --max-minutes "${DMD_MINUTES:-8}" --seed "$SEED" ${DMD_FLAGS:-}
-run distill pack --student "$R/student-dmd/model" --out "$R/wm" "${worlds[@]}" --sinks 4 --window 2
+run distill pack --student "$R/student-dmd/model" --out "$R/wm" "${worlds[@]}" --sinks 4 --window 2 \
+    --mean-bounds "$DATA"
 run distill pack --student "$R/student-dmd/model" --out "$R/wm-nosink" "${worlds[@]}" --sinks 0 --window 8
 run eval --quick --checkpoint "$R/wm" --teacher "$T" --teacher-cfg 3 "${init[@]}" "${idm[@]}" \
     --out "$R/eval"

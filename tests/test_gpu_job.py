@@ -33,11 +33,13 @@ def test_the_rehearsal_runs_every_stage_and_unpacks_into_a_student(tmp_path):
     out, work, back = tmp_path / "out", tmp_path / "work", tmp_path / "back"
     env = {**os.environ, "SCALE": "rehearsal", "OUT": str(out), "WORK": str(work),
            "PY": sys.executable, "OMP_NUM_THREADS": "1",
-           "MINUTES_TEACHER": "0.1", "MINUTES_INIT": "0.1", "MINUTES_DMD": "0.3"}
+           "MINUTES_TEACHER": "0.1", "MINUTES_INIT": "0.1", "MINUTES_DMD": "0.3",
+           "MINUTES_DMD24": "0.3"}
     run = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    for stage in ("data", "latents", "teacher", "ODE pairs", "student init", "DMD", "pack"):
+    for stage in ("data", "latents", "teacher", "ODE pairs", "student init", "DMD",
+                  "rollouts of 24 frames", "pack"):
         assert stage in (out / "job.log").read_text()
     # what a device machine sends back: at most 8 files of at most 16 MiB, 64 MiB in all
     files = sorted(out.iterdir())
@@ -51,6 +53,8 @@ def test_the_rehearsal_runs_every_stage_and_unpacks_into_a_student(tmp_path):
         assert (back / f"{stem}.safetensors").is_file() and (back / f"{stem}.json").is_file()
     meta = json.loads((back / "wm" / "student.json").read_text())
     assert meta["sampler"]["steps"] == 2 and meta["worlds"] == [6, 7, 8, 9]
+    assert meta["model"]["prev_warp"] and len(meta["sampler"]["mean_bounds"][0]) == 8
+    assert meta["distill"]["student"].endswith("student-dmd24/model")
     for name in ("tokenizer.json", "tokenizer.safetensors"):  # the job ships the weights only
         shutil.copy(ASSETS / "default" / name, back / "wm" / name)
     session = WorldSession.from_checkpoint(back / "wm")
