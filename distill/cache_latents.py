@@ -34,6 +34,15 @@ class CacheConfig:
     batch: int = 256  # frames encoded at once
 
 
+STAMP = "latents.json"  # beside the latents: the hash of the tokenizer that wrote them
+
+
+def _cached_with(ep: Episode, tok_hash: str) -> bool:
+    """Whether `ep`'s latents were written by the tokenizer with this hash."""
+    stamp = ep.path / STAMP
+    return stamp.is_file() and json.loads(stamp.read_text()).get("tokenizer") == tok_hash
+
+
 @torch.no_grad()
 def cache_latents(data: str, tokenizer: str, device: str = "cpu", batch: int = 256) -> int:
     tok, _ = load_tokenizer(tokenizer, device)
@@ -41,8 +50,7 @@ def cache_latents(data: str, tokenizer: str, device: str = "cpu", batch: int = 2
     episodes = [Episode(p) for p in find_episodes(data)]
     done = 0
     for ep in tqdm(episodes, desc="encode", unit="episode"):
-        stamp = ep.path / "latents.json"
-        if stamp.is_file() and json.loads(stamp.read_text()).get("tokenizer") == tok_hash:
+        if _cached_with(ep, tok_hash):
             continue
         zs = []
         for i in range(0, len(ep), batch):
@@ -52,7 +60,7 @@ def cache_latents(data: str, tokenizer: str, device: str = "cpu", batch: int = 2
         with open(tmp, "wb") as f:
             np.save(f, np.concatenate(zs))
         os.replace(tmp, ep.path / LATENTS)
-        stamp.write_text(json.dumps({"tokenizer": tok_hash, "frames": len(ep)}))
+        (ep.path / STAMP).write_text(json.dumps({"tokenizer": tok_hash, "frames": len(ep)}))
         done += 1
     return done
 
@@ -67,8 +75,7 @@ def latent_mean_range(data: str, tokenizer: str) -> list[list[float]]:
     if not episodes:
         raise ValueError(f"no episodes in {data}")
     for ep in episodes:
-        stamp = ep.path / "latents.json"
-        if not stamp.is_file() or json.loads(stamp.read_text()).get("tokenizer") != tok_hash:
+        if not _cached_with(ep, tok_hash):
             raise ValueError(f"{ep.path} has no latents from {tokenizer}: run "
                              f"`wm cache-latents --data {data} --tokenizer {tokenizer}` first")
         means = np.load(ep.path / LATENTS).astype(np.float32).mean(axis=(2, 3))  # (T, C)

@@ -4,8 +4,9 @@
 # from the default's worlds on every core, latents from the shipped tokenizer, a teacher
 # that sees the previous frame moved by the action, ODE pairs for a 2-step student, its
 # initialisation, DMD with the regression term on rollouts of 12 and then 24 frames, and a
-# servable folder with the channel-mean guard. What must come back (teacher, initialised student, servable student: the
-# DMD weights, and logs) is one tar split into parts of at most 15 MiB under $OUT, with its sha256.
+# servable folder with the channel-mean guard. What must come back (teacher, initialised
+# student, servable student: the DMD weights, and logs) is one tar split into parts of at
+# most 15 MiB under $OUT, with its sha256.
 #
 #   OUT=/path/out scripts/gpu_job.sh                        # on the GPU machine
 #   SCALE=rehearsal OUT=/tmp/out scripts/gpu_job.sh         # on a CPU: same steps, seconds each
@@ -75,7 +76,8 @@ wm cache-latents --data "$WORK/data" --tokenizer "$TOKENIZER" --device "$DEVICE"
 stage "teacher: $MINUTES_TEACHER min"
 wm train teacher --model cpu-16 --data "$WORK/data" --tokenizer "$TOKENIZER" \
     --out "$WORK/teacher" --batch-size "$TEACHER_BATCH" --steps "$TEACHER_STEPS" \
-    --prev-frame --prev-warp --max-minutes "$MINUTES_TEACHER" --workers "$LOADERS" --device "$DEVICE" > "$WORK/teacher.log" 2>&1
+    --prev-frame --prev-warp --max-minutes "$MINUTES_TEACHER" --workers "$LOADERS" \
+    --device "$DEVICE" > "$WORK/teacher.log" 2>&1
 
 stage "ODE pairs: $MINUTES_ODE min"
 wm distill ode --preset cpu --data "$WORK/data" --teacher "$WORK/teacher/model" \

@@ -46,7 +46,7 @@ def clamp_channel_means(x0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) ->
     """x0 (..., C, h, w) with each channel's spatial mean moved into [lo, hi] (C, 1, 1) by a
     constant offset: a frame whose means lie inside is returned unchanged, bit for bit."""
     mean = x0.mean(dim=(-2, -1), keepdim=True)
-    return x0 + (torch.minimum(torch.maximum(mean, lo), hi) - mean)
+    return x0 + (mean.clamp(lo, hi) - mean)
 
 
 @dataclass
