@@ -4,6 +4,7 @@
     python scripts/sink_variants.py bias B -- [wm eval arguments]
     python scripts/sink_variants.py reencode -- [wm eval arguments]
     python scripts/sink_variants.py warp K -- [wm eval arguments]
+    python scripts/sink_variants.py refresh N -- [wm eval arguments]
 
 The shipped cache gives the S sinks RoPE frame positions 0..S-1 and the window the positions
 right after them, so the first frames of a session always look a frame or two old.
@@ -20,6 +21,10 @@ right after them, so the first frames of a session always look a frame or two ol
   are scaled by K before the previous frame is moved (K = 1 is the shipped network, K = 0
   gives it the previous frame unmoved), so that a held forward key zooms its own last frame
   less each step.
+
+- refresh N: every N generated frames the cache starts again from the student's own last
+  context-length frames, written as the session's context is (clean, into the sinks), so
+  the sinks hold a view at most N frames old instead of the session's first one.
 
 None is a sampler option: they change `worldmodel.model` or `worldmodel.sampling` for this
 process only, and the eval's streams that use a KV cache (student, student init) see them.
@@ -138,21 +143,53 @@ def use_warp(scale: float):
     return undo
 
 
+def use_refresh(every: int):
+    """Patch the sampler's step; returns a function that undoes it."""
+    step, prefill = sampling.StudentSampler.step, sampling.StudentSampler.prefill
+
+    def prefilled(self, latents, actions, row=None):
+        if row is not None:
+            raise ValueError("refresh runs one session per sampler, not a SlotKVCache")
+        prefill(self, latents, actions)
+        self._recent = (latents, actions)
+        self._since = 0
+
+    def stepped(self, actions, generator=None, exit_step=None, rows=None):
+        x0 = step(self, actions, generator, exit_step, rows)
+        n = self.cfg.context_length
+        lat, act = self._recent
+        self._recent = (torch.cat([lat, x0], 1)[:, -n:], torch.cat([act, actions], 1)[:, -n:])
+        self._since += x0.shape[1]
+        if self._since >= every:
+            prefill(self, *self._recent)
+            self._since = 0
+        return x0
+
+    sampling.StudentSampler.step, sampling.StudentSampler.prefill = stepped, prefilled
+
+    def undo() -> None:
+        sampling.StudentSampler.step, sampling.StudentSampler.prefill = step, prefill
+
+    return undo
+
+
 def main() -> int:
     argv = sys.argv[1:]
     ours, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("variant", choices=["gap", "bias", "reencode", "warp"])
-    ap.add_argument("amount", type=float, nargs="?", help="G, B or K (not for reencode)")
+    ap.add_argument("variant", choices=["gap", "bias", "reencode", "warp", "refresh"])
+    ap.add_argument("amount", type=float, nargs="?", help="G, B, K or N (not for reencode)")
     args = ap.parse_args(ours)
     if (args.amount is None) != (args.variant == "reencode"):
-        ap.error("gap, bias and warp take an amount, reencode none")
+        ap.error("gap, bias, warp and refresh take an amount, reencode none")
     if args.variant == "gap":
         use_gap(int(args.amount))
     elif args.variant == "bias":
         use_bias(args.amount)
     elif args.variant == "warp":
         use_warp(args.amount)
+    elif args.variant == "refresh":
+        use_refresh(int(args.amount))
     else:
         eval_args = argparse.ArgumentParser(add_help=False)
         eval_args.add_argument("--checkpoint", default="default")

@@ -146,3 +146,35 @@ def test_a_scaled_warp_is_the_warp_of_a_scaled_map(patched):
     assert not torch.allclose(half[:, 1:], full[:, 1:])
     patched(sink_variants.use_warp, 0.0)
     torch.testing.assert_close(model.warp_prev(prev, a, None), prev)
+
+
+@torch.no_grad()
+def test_refresh_restarts_the_cache_from_the_last_generated_frames(patched):
+    # After every N generated frames the session goes on as a fresh sampler would that was
+    # given the last context-length generated frames (and their actions) as its context.
+    model = make_model(prev_frame=True)
+    cfg = StudentConfig(steps=2, window=3, sinks=2, context_length=2)
+    x, _, a = make_inputs(model, B=1, F=8)
+    ctx, ctx_a, acts = x[:, :2], a[:, :2], a[:, 2:]
+
+    def play(sampler, actions, g):
+        return torch.cat([sampler.step(actions[:, i:i + 1], g) for i in range(actions.shape[1])], 1)
+
+    g = torch.Generator().manual_seed(0)
+    shipped = StudentSampler(model, cfg, 1)
+    shipped.prefill(ctx, ctx_a)
+    first = play(shipped, acts[:, :3], g)
+    fresh = StudentSampler(model, cfg, 1)
+    fresh.prefill(first[:, 1:], acts[:, 1:3])
+    want = torch.cat([first, play(fresh, acts[:, 3:], g)], 1)
+    g.manual_seed(0)
+    kept = StudentSampler(model, cfg, 1)
+    kept.prefill(ctx, ctx_a)
+    unrefreshed = play(kept, acts, g)
+    patched(sink_variants.use_refresh, 3)
+    g.manual_seed(0)
+    refreshed = StudentSampler(model, cfg, 1)
+    refreshed.prefill(ctx, ctx_a)
+    got = play(refreshed, acts, g)
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+    assert not torch.allclose(got[:, 3:], unrefreshed[:, 3:])  # the refresh changed them
