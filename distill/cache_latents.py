@@ -65,20 +65,27 @@ def cache_latents(data: str, tokenizer: str, device: str = "cpu", batch: int = 2
     return done
 
 
+def cached_latents(data: str, tokenizer: str, every: int = 1):
+    """Each `every`-th episode's latents (T, C, h, w) float32 from `data`, which must have been
+    cached with `tokenizer` (a checkpoint stem); a clear error where they were not."""
+    tok_hash = checkpoint.file_hash(f"{tokenizer}.safetensors")
+    episodes = [Episode(p) for p in find_episodes(data)]
+    if not episodes:
+        raise ValueError(f"no episodes in {data}")
+    for ep in episodes[::every]:
+        if not _cached_with(ep, tok_hash):
+            raise ValueError(f"{ep.path} has no latents from {tokenizer}: run "
+                             f"`wm cache-latents --data {data} --tokenizer {tokenizer}` first")
+        yield np.load(ep.path / LATENTS).astype(np.float32)
+
+
 def latent_mean_range(data: str, tokenizer: str) -> list[list[float]]:
     """[lo, hi] per latent channel: the extremes of the per-frame spatial channel means over
     every frame of `data`, whose latents must have been cached with `tokenizer` (the sampler's
     `mean_bounds`)."""
-    tok_hash = checkpoint.file_hash(f"{tokenizer}.safetensors")
     lo = hi = None
-    episodes = [Episode(p) for p in find_episodes(data)]
-    if not episodes:
-        raise ValueError(f"no episodes in {data}")
-    for ep in episodes:
-        if not _cached_with(ep, tok_hash):
-            raise ValueError(f"{ep.path} has no latents from {tokenizer}: run "
-                             f"`wm cache-latents --data {data} --tokenizer {tokenizer}` first")
-        means = np.load(ep.path / LATENTS).astype(np.float32).mean(axis=(2, 3))  # (T, C)
+    for z in cached_latents(data, tokenizer):
+        means = z.mean(axis=(2, 3))  # (T, C)
         lo = means.min(0) if lo is None else np.minimum(lo, means.min(0))
         hi = means.max(0) if hi is None else np.maximum(hi, means.max(0))
     return [lo.tolist(), hi.tolist()]

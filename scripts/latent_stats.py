@@ -1,23 +1,23 @@
 """Per-channel spatial std and 3x3 high-pass energy of a student's standing rollout, beside the
 play data's per-frame ranges: does a drifting picture leave the statistics of real latents?
 
-    python scripts/latent_stats.py STUDENT SINKS WINDOW [DATA]
+    python scripts/latent_stats.py STUDENT SINKS WINDOW TOKENIZER [DATA]
 
 STUDENT is a student checkpoint stem (e.g. assets/default/student); SINKS and WINDOW replace
-its sampler's; DATA (runs/data-play/train) must hold latents cached with its tokenizer. The
-rollout starts from 4 real frames of one episode and runs 200 frames with no input.
+its sampler's; DATA (runs/data-play/train) must hold latents cached with TOKENIZER (e.g.
+assets/default/tokenizer). The rollout starts from the sampler's context frames taken from
+one episode and runs 200 frames with no input.
 """
 
 from __future__ import annotations
 
-import glob
 import sys
 from dataclasses import replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from distill.cache_latents import cached_latents
 from worldmodel.checkpoint import load_student
 from worldmodel.sampling import StudentSampler
 
@@ -30,23 +30,24 @@ def stats(z) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (3, 4):
+    if len(argv) not in (4, 5):
         print(__doc__)
         return 2
     torch.set_num_threads(1)
-    episodes = sorted(glob.glob(f"{argv[3] if len(argv) > 3 else 'runs/data-play/train'}/ep_*/latents.npy"))
-    if not episodes:
-        raise SystemExit("no cached latents: run `wm cache-latents` on the data first")
-    std, high = (torch.cat(x) for x in zip(*(stats(np.load(p)[::5]) for p in episodes[::4])))
+    data = argv[4] if len(argv) > 4 else "runs/data-play/train"
+    sample = [z[::5] for z in cached_latents(data, argv[3], every=4)]
+    std, high = (torch.cat(x) for x in zip(*(stats(z) for z in sample)))
     for name, v in (("std", std), ("high-pass", high)):
         print(f"data {name} per channel: median {v.quantile(.5, 0).numpy().round(3)}, "
               f"max {v.max(0).values.numpy().round(3)}")
     student, meta = load_student(argv[0])
     cfg = replace(meta.sampler, sinks=int(argv[1]), window=int(argv[2]))
-    context = torch.as_tensor(np.load(episodes[min(5, len(episodes) - 1)])[100:104]).float()[None]
+    n = cfg.context_length
+    episode = next(z for i, z in enumerate(cached_latents(data, argv[3])) if i == 5)
+    context = torch.as_tensor(episode[100:100 + n])[None]
     still = torch.zeros(1, 1, student.cfg.action_dim)
     sampler = StudentSampler(student.eval(), cfg, 1)
-    sampler.prefill(context, still.expand(1, 4, -1))
+    sampler.prefill(context, still.expand(1, n, -1))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         frames = torch.stack([sampler.step(still, g)[0, 0] for _ in range(200)])
